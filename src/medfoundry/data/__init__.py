@@ -1,0 +1,1 @@
+"""Manifests, splits, intensity normalisation and datasets."""
