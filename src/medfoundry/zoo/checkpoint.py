@@ -78,6 +78,20 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{folder / META_NAME}: not valid JSON ({exc})") from exc
 
 
+KNOWN_PREFIXES = ("module.", "backbone.", "encoder.", "method.backbone.", "model.encoder.")
+
+
+def _strip_prefix(weights: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
+    """Drop the wrapper prefix (`module.`, `backbone.`, ...) that matches the most model keys."""
+    best, best_hits = weights, sum(k in model_keys for k in weights)
+    for prefix in KNOWN_PREFIXES:
+        stripped = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in weights.items()}
+        hits = sum(k in model_keys for k in stripped)
+        if hits > best_hits:
+            best, best_hits = stripped, hits
+    return best
+
+
 def load_backbone(
     path: str | Path, backbone: torch.nn.Module, min_fraction: float = 1.0
 ) -> LoadReport:
@@ -91,6 +105,7 @@ def load_backbone(
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise CheckpointError(f"{folder / WEIGHTS_NAME}: unreadable weights ({exc})") from exc
     model_state = backbone.state_dict()
+    weights = _strip_prefix(weights, set(model_state))
     matched: dict[str, torch.Tensor] = {}
     mismatch: list[str] = []
     for key, tensor in weights.items():

@@ -1,0 +1,176 @@
+"""The `medfoundry` command: a thin layer over the package's functions.
+
+Every flag maps to one config key (shown in its help); `--set key=value` reaches any other key.
+Errors in the input end the command with a one-line message naming the file, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from medfoundry.config import apply_overrides, load_config, set_dotted
+from medfoundry.errors import MedfoundryError
+
+# flag dest -> config key, for pretrain
+PRETRAIN_FLAGS = {
+    "backbone": "backbone.name",
+    "width": "backbone.width",
+    "in_channels": "backbone.in_channels",
+    "epochs": "epochs",
+    "batch_size": "optim.batch_size",
+    "lr": "optim.lr",
+    "load_size": "data.load_size",
+    "input_size": "views.out_size",
+    "queue_size": "moco.queue_size",
+    "num_workers": "data.num_workers",
+    "seed": "seed",
+    "precision": "trainer.precision",
+    "accelerator": "trainer.accelerator",
+    "devices": "trainer.devices",
+    "num_nodes": "trainer.num_nodes",
+    "strategy": "trainer.strategy",
+}
+
+
+def _devices(value: str) -> Any:
+    return int(value) if value.isdigit() else value
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="self-supervised pretraining on a folder of images")
+    p.add_argument("--method", required=True, choices=["adam", "moco"], help="SSL method (config key: method)")
+    p.add_argument("--data", required=True, nargs="+", type=Path, help="image folder(s) or files")
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--config", help="preset name or YAML file (default: the method's preset)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    g = p.add_argument_group("config overrides (each maps to the key in brackets)")
+    types = {"width": float, "lr": float, "in_channels": int, "batch_size": int, "load_size": int,
+             "input_size": int, "queue_size": int, "num_workers": int, "seed": int, "num_nodes": int,
+             "devices": _devices, "epochs": int}
+    for dest, key in PRETRAIN_FLAGS.items():
+        g.add_argument(f"--{dest.replace('_', '-')}", dest=dest, type=types.get(dest, str), help=f"[{key}]")
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a pretrained backbone on labeled data")
+    p.add_argument("--task", required=True, choices=["classification", "segmentation"])
+    p.add_argument("--data", required=True, type=Path, help="classification: DIR/<CLASS>/images; segmentation: DIR/images + DIR/masks/<structure>")
+    p.add_argument("--test-data", type=Path, help="optional labeled test folder, same layout")
+    p.add_argument("--pretrained", required=True, help="run folder or checkpoint, or 'none'")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--config", help="preset name or YAML (default finetune_<task>)")
+    p.add_argument("--steps", type=int, help="[steps]")
+    p.add_argument("--lr", type=float, help="[lr]")
+    p.add_argument("--batch-size", type=int, help="[batch_size]")
+    p.add_argument("--image-size", type=int, help="[image_size]")
+    p.add_argument("--labels-per-class", type=int, help="[labels_per_class] (classification)")
+    p.add_argument("--linear-probe", action="store_true", default=None, help="[linear_probe] freeze the backbone")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("benchmark", help="run a benchmark protocol")
+    bsub = p.add_subparsers(dest="benchmark", required=True)
+    j = bsub.add_parser("jsrt-fewshot", help="Adam paper few-shot SCR segmentation (heart, clavicle, lungs)")
+    j.add_argument("--train-data", required=True, type=Path, help="JSRT-layout training pool")
+    j.add_argument("--test-data", required=True, type=Path, help="JSRT-layout test folder")
+    j.add_argument("--pretrained", nargs="+", required=True, help="run folder(s)/checkpoint(s), or 'none' for scratch only")
+    j.add_argument("--out", required=True, type=Path)
+    j.add_argument("--config", default="jsrt_fewshot", help="preset name or YAML (default jsrt_fewshot; jsrt_fewshot_cpu for CPU)")
+    j.add_argument("--shots", type=int, nargs="+", help="[shots]")
+    j.add_argument("--repeats", type=int, help="[repeats]")
+    j.add_argument("--steps", type=int, help="[steps]")
+    j.add_argument("--image-size", type=int, help="[image_size]")
+    j.add_argument("--no-progress", action="store_true")
+    j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="pretrain Adam on the bundled chest X-rays and compare with scratch")
+    p.add_argument("--out", type=Path, default=Path("medfoundry-demo"), help="output folder")
+    p.add_argument("--quick", action="store_true", help="smoke-test scale (seconds)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medfoundry", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_pretrain(sub)
+    _add_finetune(sub)
+    _add_benchmark(sub)
+    _add_demo(sub)
+    return parser
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from medfoundry.tasks.pretrain import pretrain
+
+    cfg = load_config(args.config or args.method)
+    cfg["method"] = args.method
+    for dest, key in PRETRAIN_FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            set_dotted(cfg, key, value)
+    cfg = apply_overrides(cfg, args.set)
+    run = pretrain(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress)
+    print(f"checkpoint: {run / 'checkpoint'}")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from medfoundry.tasks import finetune
+
+    cfg = load_config(args.config or f"finetune_{args.task}")
+    for dest in ("steps", "lr", "batch_size", "image_size", "labels_per_class", "linear_probe"):
+        value = getattr(args, dest)
+        if value is not None:
+            set_dotted(cfg, dest, value)
+    cfg = apply_overrides(cfg, args.set)
+    pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+    fn = finetune.finetune_classification if args.task == "classification" else finetune.finetune_segmentation
+    fn(args.data, pretrained, args.out, cfg, test_data=args.test_data, progress=not args.no_progress)
+    print(f"checkpoint: {args.out / 'checkpoint'}")
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from medfoundry.evaluate.jsrt_fewshot import run_jsrt_fewshot
+
+    cfg = load_config(args.config)
+    for dest, key in (("shots", "shots"), ("repeats", "repeats"), ("steps", "steps"), ("image_size", "image_size")):
+        value = getattr(args, dest)
+        if value is not None:
+            set_dotted(cfg, key, value)
+    cfg = apply_overrides(cfg, args.set)
+    pretrained = [None if p.lower() == "none" else p for p in args.pretrained]
+    run_jsrt_fewshot(args.train_data, args.test_data, pretrained, args.out, cfg, progress=not args.no_progress)
+    print(f"results: {args.out / 'results.md'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from medfoundry.tasks.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, progress=not args.no_progress, seed=args.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "benchmark": cmd_benchmark, "demo": cmd_demo}
+    try:
+        handlers[args.command](args)
+    except MedfoundryError as exc:
+        print(f"medfoundry: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medfoundry: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

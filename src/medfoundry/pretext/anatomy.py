@@ -1,0 +1,282 @@
+"""Adam's anatomy decomposer: two augmented views of one grid cell per image, for a whole batch.
+
+At level ``n = 0`` the anchor is the whole image; at ``n > 0`` the image is cut into a fixed
+``n x n`` grid (cells of ``H // n x W // n`` pixels, as in the reference) and one cell per sample
+is drawn uniformly. Every view of a sample comes from that one anchor:
+
+1. geometry, all views of the batch in ONE ``affine_grid`` + ``grid_sample`` call: a
+   RandomResizedCrop inside the anchor (area ``scale``, aspect ``ratio``) resized to
+   ``out_size x out_size``, followed by a rotation by ``U(-rotation, rotation)`` degrees about the
+   view centre (the reference applies ``RandomRotation(30)`` after the crop; composing both into
+   one affine map resamples the image once instead of twice);
+2. brightness/contrast jitter with probability ``jitter_p`` (same factors on every channel);
+3. Gaussian blur with probability ``blur_p`` (per-sample sigma, separable grouped convolution).
+
+There is no flip and no grayscale conversion: chest X-rays are lateralised and already gray.
+
+Out-of-anchor samples. A rotated crop reaches outside its crop box, and sometimes outside the
+anchor. The reference fills those corners with black (``fill=0`` in PIL space). Here the sample
+positions are by default *clamped to the anchor* (``padding="border"``): the corners replicate
+the anchor's edge, so no pixel of a neighbouring cell ever leaks into a view (the decomposer's
+contract) and no synthetic intensity is invented. ``grid_sample``'s own ``"zeros"`` padding was
+rejected because after intensity normalisation 0 is the dataset *mean* (mid-gray), neither the
+reference's black nor image content, and it would leak neighbouring cells inside the image. A
+float ``padding`` gives the reference behaviour with a constant: ``-2.0`` is black under
+``XRAY_NORMALIZATION`` (``(0 - 0.5) / 0.25``).
+
+Intensity space. Inputs are intensity-normalised (about zero mean, unit std; X-rays lie in
+``[-2, 2]``). Brightness multiplies about ``black_level`` (``x' = black + b (x - black)``), which
+is exactly torchvision's ``adjust_brightness`` in pixel space mapped into normalised space;
+contrast blends with the per-view mean (``x' = m + c (x - m)``), as ``adjust_contrast`` does.
+Results are clipped to ``clip`` (the normalised image of torchvision's ``[0, 1]`` clamp) unless
+``clip`` is None.
+
+Everything is vectorised over the batch: there is no Python loop over samples or views. Random
+numbers are drawn in a fixed order whatever the probabilities are, so two calls with the same
+seed and different ``jitter_p``/``blur_p`` differ only in the samples that were (not) augmented.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Crop attempts per view before falling back to the largest valid crop (torchvision uses 10).
+_CROP_ATTEMPTS = 10
+
+
+@dataclass
+class AnatomyAugment:
+    """View augmentation parameters (defaults: the Adam-v1 reference recipe).
+
+    Attributes:
+        scale: RandomResizedCrop area range, as fractions of the anchor's area.
+        ratio: RandomResizedCrop aspect-ratio (width / height) range.
+        rotation: maximum absolute rotation in degrees (uniform in ``[-rotation, rotation]``).
+        jitter_p: probability of brightness/contrast jitter per view.
+        brightness: range of the brightness factor (torchvision ``brightness=0.4``).
+        contrast: range of the contrast factor (torchvision ``contrast=0.4``).
+        blur_p: probability of Gaussian blur per view.
+        blur_sigma: sigma range in pixels *of a 224-pixel view*; scaled by ``out_size / 224`` so
+            that the blur removes the same fraction of the field of view at any output size.
+        black_level: the normalised intensity of black, the fixed point of brightness.
+        clip: intensity range after jitter (None: no clipping).
+        padding: ``"border"`` (clamp samples to the anchor) or a constant fill value.
+        antialias: pre-shrink the batch (antialiased) when even the smallest crop would be
+            downsampled, so bilinear resampling does not alias (e.g. whole 1024² images -> 224²).
+    """
+
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    rotation: float = 30.0
+    jitter_p: float = 0.8
+    brightness: tuple[float, float] = (0.6, 1.4)
+    contrast: tuple[float, float] = (0.6, 1.4)
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    black_level: float = -2.0
+    clip: tuple[float, float] | None = (-2.0, 2.0)
+    padding: str | float = "border"
+    antialias: bool = True
+
+    def __post_init__(self) -> None:
+        lo, hi = self.scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
+        if not 0.0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < lo <= hi, got {self.ratio}")
+        for name in ("jitter_p", "blur_p"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma must satisfy 0 < lo <= hi, got {self.blur_sigma}")
+        if isinstance(self.padding, str) and self.padding != "border":
+            raise ValueError(f"padding must be 'border' or a number, got {self.padding!r}")
+
+
+def _uniform(n: tuple[int, ...], lo: float, hi: float, generator, device) -> Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
+
+
+def _crop_boxes(
+    n: int, anchor_h: float, anchor_w: float, aug: AnatomyAugment, generator, device
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """RandomResizedCrop boxes inside an ``anchor_h x anchor_w`` anchor: (x0, y0, w, h) in pixels.
+
+    torchvision's rejection sampling, vectorised: ``_CROP_ATTEMPTS`` candidates per view, the first
+    that fits is taken; views with none fall back to the largest crop with an allowed ratio.
+    """
+    area = anchor_h * anchor_w
+    target = area * _uniform((n, _CROP_ATTEMPTS), *aug.scale, generator, device)
+    log_r = _uniform(
+        (n, _CROP_ATTEMPTS), math.log(aug.ratio[0]), math.log(aug.ratio[1]), generator, device
+    )
+    r = torch.exp(log_r)
+    w = torch.sqrt(target * r)
+    h = torch.sqrt(target / r)
+    fits = (w <= anchor_w) & (h <= anchor_h)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # first fitting attempt (0 if none)
+    w = w.gather(1, first).squeeze(1)
+    h = h.gather(1, first).squeeze(1)
+    any_fit = fits.any(dim=1)
+    # Fallback: the whole anchor, narrowed to the nearest allowed aspect ratio.
+    in_ratio = anchor_w / anchor_h
+    if in_ratio < aug.ratio[0]:
+        fw, fh = anchor_w, anchor_w / aug.ratio[0]
+    elif in_ratio > aug.ratio[1]:
+        fw, fh = anchor_h * aug.ratio[1], anchor_h
+    else:
+        fw, fh = anchor_w, anchor_h
+    w = torch.where(any_fit, w, torch.full_like(w, fw))
+    h = torch.where(any_fit, h, torch.full_like(h, fh))
+    x0 = torch.rand(n, generator=generator, device=device) * (anchor_w - w)
+    y0 = torch.rand(n, generator=generator, device=device) * (anchor_h - h)
+    return x0, y0, w, h
+
+
+def _gaussian_blur(x: Tensor, sigma: Tensor, radius: int) -> Tensor:
+    """Blur each view of ``x`` (N, C, S, S) with its own sigma (N,): separable grouped conv."""
+    n, c, hgt, wid = x.shape
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    kernel = torch.exp(-(offsets[None, :] ** 2) / (2.0 * sigma[:, None].float() ** 2))
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).to(x.dtype)  # (N, 2r+1)
+    kernel = kernel.repeat_interleave(c, dim=0)  # (N*C, 2r+1), same sigma for all channels
+    flat = x.reshape(1, n * c, hgt, wid)
+    flat = F.pad(flat, (radius, radius, radius, radius), mode="reflect")
+    flat = F.conv2d(flat, kernel[:, None, None, :], groups=n * c)  # along W
+    flat = F.conv2d(flat, kernel[:, None, :, None], groups=n * c)  # along H
+    return flat.reshape(n, c, hgt, wid)
+
+
+def decompose_views(
+    images: Tensor,
+    level: int,
+    n_views: int = 2,
+    out_size: int = 224,
+    aug: AnatomyAugment | None = None,
+    generator: torch.Generator | None = None,
+    return_cells: bool = False,
+) -> list[Tensor] | tuple[list[Tensor], Tensor]:
+    """Views of one anatomy-decomposer anchor per image.
+
+    Args:
+        images: (B, C, H, W) intensity-normalised images.
+        level: grid side ``n``; 0 = the whole image, ``n > 0`` = one random cell of an n x n grid.
+        n_views: views per image, all from the same anchor with independent augmentation.
+        out_size: side of the square views.
+        aug: augmentation parameters (default: the Adam reference recipe).
+        generator: torch generator for reproducible draws (its device is used for the draws).
+        return_cells: also return the chosen cells.
+
+    Returns:
+        ``n_views`` tensors of shape (B, C, out_size, out_size); with ``return_cells`` also a
+        (B, 2) long tensor of (row, col) grid indices (all zeros at level 0).
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if level < 0:
+        raise ValueError(f"level must be >= 0, got {level}")
+    if n_views < 1:
+        raise ValueError(f"n_views must be >= 1, got {n_views}")
+    aug = aug or AnatomyAugment()
+    b, c, hgt, wid = images.shape
+    n = max(level, 1)
+    cell_h, cell_w = hgt // n, wid // n
+    if cell_h < 1 or cell_w < 1:
+        raise ValueError(f"level {level} grid does not fit a {hgt}x{wid} image")
+    dev = images.device
+    rdev = generator.device if generator is not None else dev
+    nv = b * n_views  # views are ordered sample-major: index = sample * n_views + view
+
+    # --- random draws (fixed order, independent of the probabilities) ----------------------
+    cell = torch.randint(0, n * n, (b,), generator=generator, device=rdev)
+    x0, y0, cw, ch = _crop_boxes(nv, float(cell_h), float(cell_w), aug, generator, rdev)
+    angle = _uniform((nv,), -aug.rotation, aug.rotation, generator, rdev) * (math.pi / 180.0)
+    jitter_u = torch.rand(nv, generator=generator, device=rdev)
+    bright = _uniform((nv,), *aug.brightness, generator, rdev)
+    contr = _uniform((nv,), *aug.contrast, generator, rdev)
+    blur_u = torch.rand(nv, generator=generator, device=rdev)
+    sigma = _uniform((nv,), *aug.blur_sigma, generator, rdev) * (out_size / 224.0)
+    cell, x0, y0, cw, ch, angle = (t.to(dev) for t in (cell, x0, y0, cw, ch, angle))
+    jitter_u, bright, contr, blur_u, sigma = (
+        t.to(dev) for t in (jitter_u, bright, contr, blur_u, sigma)
+    )
+
+    # --- geometry: one affine map per view, image-normalised coordinates (align_corners=False) -
+    row, col = cell // n, cell % n  # level 0: n = 1, the single "cell" is the whole image
+    ax0 = (col * cell_w).float().repeat_interleave(n_views)  # anchor origin in pixels, per view
+    ay0 = (row * cell_h).float().repeat_interleave(n_views)
+    cx = ax0 + x0 + cw / 2.0  # crop centre in pixels
+    cy = ay0 + y0 + ch / 2.0
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    sx, sy = cw / wid, ch / hgt  # crop half-extent in normalised units
+    theta = torch.stack(
+        [
+            torch.stack([sx * cos, -sx * sin, 2.0 * cx / wid - 1.0], dim=1),
+            torch.stack([sy * sin, sy * cos, 2.0 * cy / hgt - 1.0], dim=1),
+        ],
+        dim=1,
+    )  # (NV, 2, 3): output coords -> rotate -> crop box -> image
+    grid = F.affine_grid(theta, [nv, 1, out_size, out_size], align_corners=False)  # (NV,S,S,2)
+
+    # Optional antialiasing: shrink the batch so the smallest crop is not downsampled.
+    src = images
+    min_side = math.sqrt(aug.scale[0] * min(aug.ratio[0], 1.0 / aug.ratio[1]))
+    max_cell = out_size / min_side  # anchor side at which the smallest crop maps 1:1
+    if aug.antialias and max(cell_h, cell_w) > max_cell:
+        f = max_cell / max(cell_h, cell_w)
+        new_hw = (max(1, round(hgt * f)), max(1, round(wid * f)))
+        src = F.interpolate(
+            images, size=new_hw, mode="bilinear", antialias=True, align_corners=False
+        )
+    src_h, src_w = src.shape[-2:]
+
+    # Anchor box in normalised coordinates; sample positions are clamped to the centres of its
+    # outermost (source) pixels, so bilinear weights never reach a neighbouring cell.
+    edge_lo = torch.stack([2.0 * ax0 / wid - 1.0, 2.0 * ay0 / hgt - 1.0], dim=1)
+    edge_hi = torch.stack(
+        [2.0 * (ax0 + cell_w) / wid - 1.0, 2.0 * (ay0 + cell_h) / hgt - 1.0], dim=1
+    )
+    edge_lo, edge_hi = edge_lo[:, None, None, :], edge_hi[:, None, None, :]  # (NV, 1, 1, 2)
+    half_px = torch.tensor([1.0 / src_w, 1.0 / src_h], device=dev)
+    lo = edge_lo + half_px
+    hi = torch.maximum(edge_hi - half_px, lo)  # one-pixel anchors
+    inside = None
+    if not isinstance(aug.padding, str):
+        inside = ((grid >= edge_lo) & (grid <= edge_hi)).all(dim=-1)  # (NV, S, S)
+    grid = torch.minimum(torch.maximum(grid, lo), hi)
+
+    # All views in one grid_sample: stack each sample's views along the output height.
+    grid = grid.reshape(b, n_views * out_size, out_size, 2).to(src.dtype)
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = out.reshape(b, c, n_views, out_size, out_size).transpose(1, 2)
+    out = out.reshape(nv, c, out_size, out_size)  # (NV, C, S, S)
+    if inside is not None:
+        out = torch.where(inside[:, None], out, torch.full_like(out, float(aug.padding)))
+
+    # --- intensity jitter (brightness about black, contrast about the view mean) -------------
+    def clip(x: Tensor) -> Tensor:
+        return x if aug.clip is None else x.clamp(aug.clip[0], aug.clip[1])
+
+    view = (nv, 1, 1, 1)
+    black = aug.black_level
+    jittered = clip(black + bright.view(view).to(out.dtype) * (out - black))
+    mean = jittered.mean(dim=(1, 2, 3), keepdim=True)
+    jittered = clip(mean + contr.view(view).to(out.dtype) * (jittered - mean))
+    out = torch.where((jitter_u < aug.jitter_p).view(view), jittered, out)
+
+    # --- Gaussian blur ----------------------------------------------------------------------
+    radius = min(max(1, math.ceil(3.0 * aug.blur_sigma[1] * out_size / 224.0)), out_size - 1)
+    if aug.blur_p > 0 and radius >= 1:
+        blurred = _gaussian_blur(out, sigma, radius)
+        out = torch.where((blur_u < aug.blur_p).view(view), blurred, out)
+
+    views = list(out.reshape(b, n_views, c, out_size, out_size).unbind(dim=1))
+    if return_cells:
+        return views, torch.stack([row, col], dim=1)
+    return views

@@ -1,0 +1,1 @@
+"""Task entry points: pretraining, classification, segmentation (train / predict / evaluate)."""

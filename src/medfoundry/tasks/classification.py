@@ -1,0 +1,82 @@
+"""Few-label classification from a pretrained (or random) backbone: train, predict, evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+from medfoundry.evaluate.classification_metrics import accuracy, roc_auc
+from medfoundry.nets import create_backbone
+from medfoundry.runtime import seed_everything
+from medfoundry.train.classify_module import ClassificationModule
+from medfoundry.train.engine import KeepBestWeights, make_trainer
+from medfoundry.zoo import load_backbone
+
+
+def build_classifier_backbone(backbone_cfg: dict[str, Any], pretrained: str | Path | None) -> tuple[torch.nn.Module, str]:
+    """Create the backbone and load pretrained weights; returns it and a load summary."""
+    backbone = create_backbone(**backbone_cfg)
+    if pretrained is None:
+        return backbone, "random initialisation"
+    report = load_backbone(pretrained, backbone)
+    return backbone, report.summary()
+
+
+def train_classifier(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    *,
+    backbone_cfg: dict[str, Any],
+    pretrained: str | Path | None,
+    cfg: dict[str, Any],
+    seed: int,
+    num_classes: int = 2,
+    linear_probe: bool = False,
+    progress: bool = True,
+) -> tuple[ClassificationModule, dict[str, Any]]:
+    """Train for `cfg["steps"]` steps on random batches; keep the best weights by validation AUC."""
+    seed_everything(seed)
+    backbone, load_summary = build_classifier_backbone(backbone_cfg, pretrained)
+    steps = int(cfg["steps"])
+    batch = int(cfg["batch_size"])
+    module = ClassificationModule(backbone, num_classes, cfg, steps, linear_probe=linear_probe)
+    sampler = RandomSampler(range(len(train_x)), replacement=True, num_samples=steps * batch, generator=torch.Generator().manual_seed(seed))
+    train_loader = DataLoader(TensorDataset(train_x, train_y), batch_size=batch, sampler=sampler, drop_last=True)
+    val_loader = DataLoader(TensorDataset(val_x, val_y), batch_size=max(batch, 32))
+    keep = KeepBestWeights("val/score", mode="max")
+    trainer = make_trainer(
+        None,
+        max_steps=steps,
+        max_epochs=1,
+        precision=str(cfg.get("precision", "32-true")),
+        accelerator=str(cfg.get("accelerator", "auto")),
+        devices=1,
+        progress=progress,
+        check_val_every_n_epoch=None,
+        val_check_interval=int(cfg.get("val_every", max(1, steps // 10))),
+        save_checkpoints=False,
+        callbacks=[keep],
+    )
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    keep.restore(module)
+    info = {"load": load_summary, "best_val_score": keep.best_score, "best_step": keep.best_step}
+    return module, info
+
+
+@torch.no_grad()
+def predict_proba(module: ClassificationModule, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Class probabilities (N, K) in eval mode."""
+    module.eval()
+    outs = [module(x[i : i + batch_size]).float().softmax(-1) for i in range(0, len(x), batch_size)]
+    return torch.cat(outs)
+
+
+def evaluate_classifier(module: ClassificationModule, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """AUC (binary: positive class 1) and accuracy on a labeled set."""
+    probs = predict_proba(module, x)
+    return {"auc": roc_auc(probs[:, 1], y == 1), "accuracy": accuracy(probs.argmax(-1), y)}

@@ -1,0 +1,150 @@
+"""`medfoundry demo`: Adam pretraining on the bundled chest X-rays, then few-label pneumonia
+classification from those weights and from scratch, with a table and a plot."""
+
+from __future__ import annotations
+
+import random
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from medfoundry.config import load_config, merge
+from medfoundry.data.manifest import ClassificationItem, scan_class_folders
+from medfoundry.data.pretrain import load_images
+from medfoundry.evaluate.summary import mean_sd
+from medfoundry.runtime import atomic_write_json, atomic_write_text, record_run
+from medfoundry.tasks.classification import evaluate_classifier, train_classifier
+from medfoundry.tasks.pretrain import pretrain
+from medfoundry.zoo import read_metadata
+
+
+def demo_data_dir() -> Path:
+    """The Kermany subset shipped in the package (CC BY 4.0, see its ATTRIBUTION.md)."""
+    return Path(str(resources.files("medfoundry") / "assets" / "kermany_demo"))
+
+
+def split_by_patient(items: list[ClassificationItem], cfg: dict[str, Any], seed: int) -> dict[str, list[ClassificationItem]]:
+    """Patient-level split per class: test patients first, the rest is the training pool."""
+    rng = random.Random(seed)
+    out: dict[str, list[ClassificationItem]] = {"test": [], "pool": []}
+    for label in sorted({it.label for it in items}):
+        groups = sorted({it.group for it in items if it.label == label})
+        rng.shuffle(groups)
+        test_groups = set(groups[: int(cfg["test_per_class"])])
+        for it in items:
+            if it.label == label:
+                out["test" if it.group in test_groups else "pool"].append(it)
+    return out
+
+
+def sample_labeled(pool: list[ClassificationItem], n_train: int, n_val: int, seed: int) -> tuple[list[int], list[int]]:
+    """Indices into `pool`: n_train and n_val per class, disjoint, drawn with a fixed seed."""
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted({it.label for it in pool}):
+        idx = [i for i, it in enumerate(pool) if it.label == label]
+        rng.shuffle(idx)
+        train += idx[:n_train]
+        val += idx[n_train : n_train + n_val]
+    return train, val
+
+
+def _plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, metric in zip(axes, ("auc", "accuracy"), strict=True):
+        means = [mean_sd(results[a][metric])[0] for a in arms]
+        sds = [mean_sd(results[a][metric])[1] for a in arms]
+        ax.bar(arms, means, yerr=sds, capsize=6, color=["#4C72B0", "#DD8452", "#55A868"][: len(arms)])
+        for i, a in enumerate(arms):
+            ax.scatter([i] * len(results[a][metric]), results[a][metric], color="k", s=12, zorder=3)
+        ax.set_ylim(0.4, 1.0)
+        ax.set_title(metric.upper() if metric == "auc" else "Accuracy")
+    fig.suptitle("Pneumonia vs normal, few labels: pretrained vs scratch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Run the whole demo into `out_dir`; returns the results dict (also written as JSON)."""
+    start = time.time()
+    out_dir = Path(out_dir)
+    cfg = load_config("demo")
+    pre_cfg = merge(load_config(cfg["pretrain_preset"]), cfg["pretrain"])
+    ccfg = dict(cfg["classify"])
+    if quick:  # a smoke-test scale for the test suite
+        pre_cfg["epochs"] = [1, 1, 1]
+        ccfg.update(steps=6, val_every=3, repeats=1)
+    pre_cfg["seed"] = seed
+    items, classes = scan_class_folders(demo_data_dir())
+    split = split_by_patient(items, ccfg, seed)
+    record_run(out_dir, {"demo": cfg, "pretrain": pre_cfg, "classify": ccfg, "quick": quick})
+
+    print(f"[1/3] Adam pretraining on {len(split['pool'])} unlabeled chest X-rays (levels {pre_cfg['levels']})")
+    pool_dir = out_dir / "pretrain"
+    pretrain(pre_cfg, [it.path for it in split["pool"]], pool_dir, resume=True, progress=progress)
+    meta = read_metadata(pool_dir)
+    size = int(meta["input_size"])
+    norm = meta["normalization"]
+
+    print(f"[2/3] Loading labeled images at {size}²")
+    pool_x = load_images([it.path for it in split["pool"]], size, normalization=norm, progress=progress)
+    pool_y = torch.tensor([it.label for it in split["pool"]])
+    test_x = load_images([it.path for it in split["test"]], size, normalization=norm, progress=progress)
+    test_y = torch.tensor([it.label for it in split["test"]])
+
+    arms: dict[str, Path | None] = {"adam": pool_dir, "scratch": None}
+    results: dict[str, dict[str, list[float]]] = {a: {"auc": [], "accuracy": []} for a in arms}
+    loads: dict[str, str] = {}
+    n_runs = len(arms) * int(ccfg["repeats"])
+    print(f"[3/3] Training classifiers: {ccfg['labels_per_class']} labels per class, {n_runs} runs")
+    bar = tqdm(total=n_runs, desc="classifiers", disable=not progress)
+    for rep in range(int(ccfg["repeats"])):
+        tr, va = sample_labeled(split["pool"], int(ccfg["labels_per_class"]), int(ccfg["val_per_class"]), seed + rep)
+        for arm, ckpt in arms.items():
+            model, info = train_classifier(
+                pool_x[tr], pool_y[tr], pool_x[va], pool_y[va],
+                backbone_cfg=meta["backbone"], pretrained=ckpt, cfg=ccfg, seed=seed + rep, progress=False,
+            )
+            loads[arm] = info["load"]
+            metrics = evaluate_classifier(model, test_x, test_y)
+            for key, value in metrics.items():
+                results[arm][key].append(value)
+            bar.update(1)
+    bar.close()
+
+    table = ["| arm | AUC | accuracy | backbone load |", "|---|---|---|---|"]
+    for arm in arms:
+        auc_m, auc_s = mean_sd(results[arm]["auc"])
+        acc_m, acc_s = mean_sd(results[arm]["accuracy"])
+        table.append(f"| {arm} | {auc_m:.3f} ± {auc_s:.3f} | {acc_m:.3f} ± {acc_s:.3f} | {loads[arm]} |")
+    header = (
+        f"Kermany demo subset: {len(split['pool'])} pretraining images, "
+        f"{ccfg['labels_per_class']} labels/class, {len(split['test'])} test images, "
+        f"{ccfg['repeats']} repeats (mean ± sd)"
+    )
+    md = header + "\n\n" + "\n".join(table) + "\n"
+    summary = {
+        "classes": classes,
+        "results": results,
+        "backbone_load": loads,
+        "n_pool": len(split["pool"]),
+        "n_test": len(split["test"]),
+        "seconds": round(time.time() - start, 1),
+    }
+    atomic_write_json(out_dir / "results.json", summary)
+    atomic_write_text(out_dir / "results.md", md)
+    _plot(results, out_dir / "results.png")
+    print("\n" + md)
+    print(f"Plot: {out_dir / 'results.png'}   ({summary['seconds']:.0f} s)")
+    return summary

@@ -1,0 +1,88 @@
+"""`medfoundry finetune`: adapt a pretrained backbone to a labeled folder and save the result."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medfoundry.data.manifest import ClassificationItem, scan_class_folders
+from medfoundry.data.normalize import XRAY_NORMALIZATION
+from medfoundry.data.pretrain import load_images
+from medfoundry.runtime import atomic_write_json, record_run
+from medfoundry.tasks.classification import evaluate_classifier, train_classifier
+from medfoundry.zoo import read_metadata, save_checkpoint
+
+
+def backbone_setup(pretrained: str | Path | None, cfg: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    """Backbone config, input size and normalisation: from the checkpoint when given, else cfg."""
+    if pretrained is not None:
+        meta = read_metadata(pretrained)
+        size = int(cfg.get("image_size") or meta["input_size"])
+        return dict(meta["backbone"]), size, dict(meta["normalization"])
+    return dict(cfg["backbone"]), int(cfg.get("image_size") or 224), dict(XRAY_NORMALIZATION)
+
+
+def patient_split(items: list[ClassificationItem], val_fraction: float, seed: int) -> tuple[list[ClassificationItem], list[ClassificationItem]]:
+    """Split by patient group so no patient is in both parts."""
+    groups = sorted({it.group for it in items})
+    random.Random(seed).shuffle(groups)
+    val_groups = set(groups[: max(1, int(round(len(groups) * val_fraction)))])
+    return [it for it in items if it.group not in val_groups], [it for it in items if it.group in val_groups]
+
+
+def limit_per_class(items: list[ClassificationItem], n: int | None, seed: int) -> list[ClassificationItem]:
+    """Keep `n` items per class (seeded), or all when n is None."""
+    if n is None:
+        return items
+    rng = random.Random(seed)
+    out: list[ClassificationItem] = []
+    for label in sorted({it.label for it in items}):
+        members = [it for it in items if it.label == label]
+        rng.shuffle(members)
+        out += members[:n]
+    return out
+
+
+def finetune_classification(
+    data: Path, pretrained: str | Path | None, out_dir: Path, cfg: dict[str, Any],
+    test_data: Path | None = None, progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune (or linear-probe) a classifier on class folders; writes checkpoint + metrics."""
+    seed = int(cfg.get("seed", 0))
+    items, classes = scan_class_folders(data)
+    train_items, val_items = patient_split(items, float(cfg["val_fraction"]), seed)
+    train_items = limit_per_class(train_items, cfg.get("labels_per_class"), seed)
+    backbone_cfg, size, norm = backbone_setup(pretrained, cfg)
+    record_run(out_dir, {**cfg, "data": str(data), "pretrained": str(pretrained), "classes": classes})
+
+    def load(its: list[ClassificationItem]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = load_images([it.path for it in its], size, channels=backbone_cfg["in_channels"], normalization=norm, progress=progress)
+        return x, torch.tensor([it.label for it in its])
+
+    tx, ty = load(train_items)
+    vx, vy = load(val_items)
+    model, info = train_classifier(
+        tx, ty, vx, vy, backbone_cfg=backbone_cfg, pretrained=pretrained, cfg=cfg, seed=seed,
+        num_classes=len(classes), linear_probe=bool(cfg.get("linear_probe")), progress=progress,
+    )
+    print(f"backbone: {info['load']}")
+    metrics: dict[str, Any] = {"load": info["load"], "val_best_score": info["best_val_score"],
+                               "n_train": len(train_items), "n_val": len(val_items)}
+    if test_data is not None:
+        test_items, test_classes = scan_class_folders(test_data)
+        if test_classes != classes:
+            raise ValueError(f"{test_data}: classes {test_classes} differ from training classes {classes}")
+        sx, sy = load(test_items)
+        metrics["test"] = evaluate_classifier(model, sx, sy)
+        print(f"test: {metrics['test']}")
+    meta = {"task": "classification", "classes": classes, "backbone": backbone_cfg, "input_size": size,
+            "in_channels": backbone_cfg["in_channels"], "spatial_dims": 2, "axis_order": "CHW",
+            "normalization": norm, "method": "finetune", "pretrained_from": str(pretrained)}
+    state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
+    state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+    save_checkpoint(out_dir / "checkpoint", state, meta)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics

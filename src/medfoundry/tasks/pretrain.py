@@ -1,0 +1,188 @@
+"""`medfoundry pretrain`: self-supervised pretraining on a folder of 2D images, stage by stage.
+
+Adam trains coarse-to-fine (levels 0 -> 2 -> 4), each stage warm-started from the previous
+stage's best-by-validation weights with a fresh queue (the reference code carried the last
+epoch and its stale queue over). Every stage writes Lightning checkpoints (resume) and, when it
+finishes, an exported backbone (`checkpoint/model.safetensors` + `medfoundry.json`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from medfoundry.data.normalize import XRAY_NORMALIZATION
+from medfoundry.data.pretrain import TensorImageDataset, collect_images, load_images
+from medfoundry.errors import MedfoundryError
+from medfoundry.methods import build_method
+from medfoundry.nets import create_backbone
+from medfoundry.runtime import atomic_write_json, record_run, seed_everything
+from medfoundry.train.engine import make_trainer, resume_path
+from medfoundry.train.pretrain_module import PretrainModule
+from medfoundry.zoo import save_checkpoint
+
+FINAL_DIR = "checkpoint"
+
+
+def _stage_epochs(cfg: dict[str, Any], n_stages: int) -> list[int]:
+    epochs = cfg.get("epochs", 1)
+    if isinstance(epochs, int):
+        return [epochs] * n_stages
+    if len(epochs) != n_stages:
+        raise MedfoundryError(f"config: epochs has {len(epochs)} entries for {n_stages} levels")
+    return [int(e) for e in epochs]
+
+
+def stage_levels(cfg: dict[str, Any]) -> list[int]:
+    """The decomposition levels to train in sequence (MoCo-v2: level 0 only)."""
+    if cfg["method"] == "moco":
+        return [0]
+    return [int(level) for level in cfg.get("levels", [0, 2, 4])]
+
+
+def _split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = int(round(n * val_fraction)) if n >= 10 else 0
+    return perm[n_val:], perm[:n_val]
+
+
+def _selected_ckpt(stage_dir: Path) -> Path:
+    """The stage's checkpoint to carry forward: best by validation loss, else the last."""
+    best = stage_dir / "checkpoints" / "best.ckpt"
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    if best.is_file():
+        return best
+    if last.is_file():
+        return last
+    raise MedfoundryError(f"{stage_dir}: no checkpoint to continue from")
+
+
+def _load_module_weights(module: PretrainModule, ckpt: Path) -> None:
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+
+
+def checkpoint_metadata(cfg: dict[str, Any], backbone_cfg: dict[str, Any], levels: list[int], n_images: int, sources: Sequence[str]) -> dict[str, Any]:
+    """What a downstream user needs to rebuild and feed the backbone."""
+    return {
+        "method": cfg["method"],
+        "backbone": backbone_cfg,
+        "in_channels": backbone_cfg["in_channels"],
+        "spatial_dims": 2,
+        "axis_order": "CHW",
+        "input_size": int(cfg["views"]["out_size"]),
+        "normalization": cfg.get("normalization", XRAY_NORMALIZATION),
+        "levels_trained": levels,
+        "training_data": {
+            "n_images": n_images,
+            "sources": [str(s) for s in sources],
+            "load_size": int(cfg["data"]["load_size"]),
+        },
+        "config": cfg,
+    }
+
+
+def pretrain(
+    cfg: dict[str, Any],
+    data: Sequence[str | Path],
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Pretrain a backbone with `cfg["method"]` on the images under `data`; returns the run folder.
+
+    The exported backbone lands in `out_dir/checkpoint/` once every stage has finished.
+    """
+    out_dir = Path(out_dir)
+    levels = stage_levels(cfg)
+    epochs = _stage_epochs(cfg, len(levels))
+    if not resume and out_dir.exists() and any(out_dir.glob("stage*/checkpoints/*.ckpt")):
+        raise MedfoundryError(f"{out_dir}: already holds a run; pass --resume or choose a new --out")
+    seed = int(cfg.get("seed", 0))
+    seed_everything(seed)
+    normalization = cfg.setdefault("normalization", dict(XRAY_NORMALIZATION))
+
+    paths = collect_images(data)
+    images = load_images(
+        paths,
+        int(cfg["data"]["load_size"]),
+        channels=int(cfg["backbone"]["in_channels"]),
+        normalization=normalization,
+        progress=progress,
+    )
+    train_idx, val_idx = _split(len(paths), float(cfg["data"].get("val_fraction", 0.05)), seed)
+    record_run(out_dir, {**cfg, "data_sources": [str(d) for d in data], "n_images": len(paths)})
+
+    batch_size = min(int(cfg["optim"]["batch_size"]), len(train_idx))
+    train_loader = DataLoader(
+        TensorImageDataset(images[train_idx]),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=int(cfg["data"].get("num_workers", 0)),
+    )
+    val_loader = (
+        DataLoader(TensorImageDataset(images[val_idx]), batch_size=batch_size, shuffle=False)
+        if len(val_idx) > 0
+        else None
+    )
+
+    backbone = create_backbone(**cfg["backbone"])
+    backbone_cfg = dict(backbone.config)
+    method = build_method(
+        cfg["method"], backbone, level=levels[0], out_size=int(cfg["views"]["out_size"]), **cfg.get("moco", {})
+    )
+    tcfg = cfg.get("trainer", {})
+    prev_stage: Path | None = None
+    timings: dict[str, float] = {}
+    for i, (level, n_epochs) in enumerate(zip(levels, epochs, strict=True)):
+        stage_dir = out_dir / f"stage{i}_level{level}"
+        steps_per_epoch = max(1, len(train_loader))
+        module = PretrainModule(method, {**cfg["optim"], "batch_size": batch_size}, n_epochs * steps_per_epoch)
+        method.set_level(level)
+        done = (stage_dir / FINAL_DIR / "medfoundry.json").is_file()
+        if not done:
+            if prev_stage is not None:
+                _load_module_weights(module, _selected_ckpt(prev_stage))
+                method.reset_queue()
+            trainer = make_trainer(
+                stage_dir,
+                max_epochs=n_epochs,
+                precision=str(tcfg.get("precision", "32-true")),
+                accelerator=str(tcfg.get("accelerator", "auto")),
+                devices=tcfg.get("devices", "auto"),
+                num_nodes=int(tcfg.get("num_nodes", 1)),
+                strategy=str(tcfg.get("strategy", "auto")),
+                progress=progress,
+                monitor="val/loss" if val_loader is not None else None,
+                mode="min",
+            )
+            start = time.time()
+            trainer.fit(
+                module,
+                train_dataloaders=train_loader,
+                val_dataloaders=val_loader,
+                ckpt_path=resume_path(stage_dir) if resume else None,
+            )
+            timings[f"stage{i}_level{level}"] = time.time() - start
+            _load_module_weights(module, _selected_ckpt(stage_dir))
+            if trainer.is_global_zero:
+                meta = checkpoint_metadata(cfg, backbone_cfg, levels[: i + 1], len(paths), [str(d) for d in data])
+                save_checkpoint(stage_dir / FINAL_DIR, method.export_backbone(), meta)
+        prev_stage = stage_dir
+    # the final stage's export is the run's checkpoint
+    final = out_dir / FINAL_DIR
+    if prev_stage is not None:
+        meta = checkpoint_metadata(cfg, backbone_cfg, levels, len(paths), [str(d) for d in data])
+        _load_module_weights(
+            PretrainModule(method, {**cfg["optim"], "batch_size": batch_size}, 1),
+            _selected_ckpt(prev_stage),
+        )
+        save_checkpoint(final, method.export_backbone(), meta)
+        atomic_write_json(out_dir / "timings.json", timings)
+    return out_dir

@@ -1,0 +1,184 @@
+"""Few-label 2D segmentation: train a ResNet-UNet on in-memory tensors, predict, evaluate.
+
+Training is step-based: every step draws `batch_size` images with replacement from the (few)
+training images, augments them on the device, and validation runs every `val_every` steps;
+the weights with the best mean validation Dice are restored at the end (model selection on
+validation images only, never on the test set).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+from medfoundry.evaluate.metrics import dice_score
+from medfoundry.nets import create_backbone
+from medfoundry.nets.unet import ResNetUNet
+from medfoundry.runtime import seed_everything
+from medfoundry.train.engine import make_trainer
+from medfoundry.train.segment_module import BestWeights, SegmentationModule
+from medfoundry.zoo import load_backbone
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "steps": 600,
+    "batch_size": 4,
+    "val_every": 50,
+    "eval_batch_size": 16,
+    "decoder_channels": [256, 128, 64, 32, 16],
+    "precision": "32-true",
+    "accelerator": "auto",
+    "devices": 1,
+    "min_fraction": 1.0,  # share of backbone tensors a pretrained checkpoint must provide
+}
+
+
+def build_segmenter(
+    backbone_cfg: dict[str, Any],
+    num_classes: int,
+    pretrained: str | Path | None = None,
+    decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    min_fraction: float = 1.0,
+) -> tuple[ResNetUNet, dict[str, Any]]:
+    """A ResNet-UNet with `backbone_cfg` (name, in_channels, width, spatial_dims), optionally
+    initialised from a pretrained backbone checkpoint (raises CheckpointError if it does not
+    load). Returns the model and the load info (empty for scratch)."""
+    keys = ("name", "in_channels", "width", "spatial_dims")
+    backbone = create_backbone(**{k: backbone_cfg[k] for k in keys if k in backbone_cfg})
+    info: dict[str, Any] = {}
+    if pretrained is not None:
+        report = load_backbone(pretrained, backbone, min_fraction=min_fraction)
+        info = {
+            "pretrained": str(pretrained),
+            "load_report": report.summary(),
+            "loaded_tensors": report.loaded,
+            "backbone_tensors": report.total_model,
+        }
+    return ResNetUNet(backbone, num_classes, decoder_channels=decoder_channels), info
+
+
+def train_segmenter(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor | None,
+    val_y: torch.Tensor | None,
+    *,
+    backbone_cfg: dict[str, Any],
+    pretrained: str | Path | None,
+    cfg: dict[str, Any],
+    out_dir: Path | None,
+    seed: int,
+    progress: bool,
+    structures: Sequence[str] | None = None,
+) -> tuple[ResNetUNet, dict[str, Any]]:
+    """Train a segmenter on (N, C, H, W) images / (N, K, H, W) 0-1 masks; return (model, info).
+
+    `cfg`: steps, batch_size, val_every, eval_batch_size, decoder_channels, precision,
+    accelerator, plus the optimiser/augmentation keys of `SegmentationModule` (lr,
+    weight_decay, warmup_steps, encoder_lr_mult, augment, ...). `out_dir` (optional) receives
+    Lightning's CSV logs only (no checkpoints). The returned model is on the CPU, in eval mode,
+    holding the best-by-validation weights (the final ones when there is no validation set).
+    """
+    c = {**TRAIN_DEFAULTS, **cfg}
+    if train_x.shape[0] == 0:
+        raise ValueError("train_segmenter: no training images")
+    num_classes = int(train_y.shape[1])
+    names = list(structures) if structures is not None else [f"c{i}" for i in range(num_classes)]
+    seed_everything(seed)
+    model, info = build_segmenter(
+        backbone_cfg,
+        num_classes,
+        pretrained,
+        decoder_channels=c["decoder_channels"],
+        min_fraction=float(c["min_fraction"]),
+    )
+    steps = int(c["steps"])
+    module = SegmentationModule(model, names, cfg=c, max_steps=steps)
+
+    bs = int(c["batch_size"])
+    sampler = RandomSampler(
+        range(train_x.shape[0]),
+        replacement=True,
+        num_samples=steps * bs,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    train_loader = DataLoader(
+        TensorDataset(train_x, train_y), batch_size=bs, sampler=sampler, drop_last=True
+    )
+    has_val = val_x is not None and val_y is not None and len(val_x) > 0
+    val_loader = None
+    best = BestWeights("val/dice_mean", mode="max")
+    val_every = max(1, min(int(c["val_every"]), steps))
+    if has_val:
+        val_loader = DataLoader(
+            TensorDataset(val_x, val_y), batch_size=int(c["eval_batch_size"]), shuffle=False
+        )
+    trainer = make_trainer(
+        out_dir,
+        max_steps=steps,
+        precision=str(c["precision"]),
+        accelerator=str(c["accelerator"]),
+        devices=c["devices"],
+        progress=progress,
+        check_val_every_n_epoch=None if has_val else 1,
+        val_check_interval=val_every if has_val else None,
+        save_checkpoints=False,
+        callbacks=[best] if has_val else [],
+        log_every_n_steps=min(10, steps),
+    )
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    info["train_seconds"] = round(time.perf_counter() - start, 2)
+    info["steps"] = int(trainer.global_step)
+    if has_val and best.best_state is not None:
+        best.restore(module)
+        info["best_val_dice"] = best.best_score
+        info["best_step"] = best.best_step
+        info["val_history"] = [[s, round(v, 5)] for s, v in best.history]
+    model = module.model.cpu().eval()
+    return model, info
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Sigmoid probabilities (N, K, H, W) float32 on the CPU, computed in eval mode."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    was_training = model.training
+    model.eval().to(device)
+    out = []
+    for i in range(0, x.shape[0], batch_size):
+        out.append(torch.sigmoid(model(x[i : i + batch_size].to(device)).float()).cpu())
+    model.train(was_training)
+    if not out:
+        return torch.empty((0,), dtype=torch.float32)
+    return torch.cat(out)
+
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 16,
+    threshold: float = 0.5,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Dice per image and structure (N, K), float64, at probability `threshold`.
+
+    Both-empty image/structure pairs score 1.0 (see `medfoundry.evaluate.metrics`).
+    """
+    out = []
+    for i in range(0, x.shape[0], batch_size):
+        probs = predict(model, x[i : i + batch_size], batch_size=batch_size, device=device)
+        out.append(dice_score(probs > threshold, y[i : i + batch_size]))
+    return torch.cat(out) if out else torch.empty((0, y.shape[1]), dtype=torch.float64)

@@ -1,0 +1,1 @@
+"""Lightning wrappers: one LightningModule for pretraining, one per downstream task."""

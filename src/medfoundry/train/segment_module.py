@@ -1,0 +1,176 @@
+"""LightningModule for (multi-label) segmentation, with a best-weights callback.
+
+Loss: MONAI Dice (sigmoid) + BCE-with-logits, one sigmoid channel per structure so structures
+may overlap (JSRT's clavicles overlap the lungs). AdamW with linear warm-up and cosine decay
+over `max_steps`; an optional lower learning rate for a pretrained encoder
+(`encoder_lr_mult`). Augmentation (`augment_batch`) runs in `training_step`, on the device.
+Validation logs `val/dice_mean` and `val/dice_<structure>` (threshold 0.5).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from monai.losses import DiceLoss
+from torch import nn
+
+from medfoundry.data.segmentation import augment_batch
+from medfoundry.evaluate.metrics import dice_score
+
+DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "warmup_steps": None,  # None: 5% of max_steps
+    "min_lr_ratio": 0.0,
+    "encoder_lr_mult": 1.0,
+    "bce_weight": 1.0,
+    "augment": {"max_shift": 0.1, "max_scale": 0.1, "max_rotate_deg": 10.0, "intensity": 0.2},
+}
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Learning-rate factor: linear warm-up to 1 over `warmup` steps, then cosine to `min_ratio`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class SegmentationModule(L.LightningModule):
+    """Train `model` (images -> logits (B, K, H, W)) on batches `(images, masks)`.
+
+    `cfg` keys (defaults in `DEFAULTS`): lr, weight_decay, warmup_steps, min_lr_ratio,
+    encoder_lr_mult (applies to `model.encoder` parameters, when the model has one),
+    bce_weight, augment (kwargs of `augment_batch`, or None/False for no augmentation).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        structures: Sequence[str],
+        cfg: dict[str, Any] | None = None,
+        max_steps: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.structures = list(structures)
+        self.cfg = {**DEFAULTS, **(cfg or {})}
+        self.max_steps = int(max_steps)
+        self.dice_loss = DiceLoss(sigmoid=True)
+        self._val_dice: list[torch.Tensor] = []
+        self.last_val: dict[str, float] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        target = masks.float()
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        return self.dice_loss(logits, target) + float(self.cfg["bce_weight"]) * bce
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        images, masks = batch
+        aug = self.cfg.get("augment")
+        if aug:
+            images, masks = augment_batch(images, masks, **aug)
+        loss = self.loss(self(images), masks)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_dice = []
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        images, masks = batch
+        logits = self(images)
+        self._val_dice.append(dice_score(logits > 0, masks))  # sigmoid > 0.5 <=> logit > 0
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_dice:
+            return
+        dice = torch.cat(self._val_dice).mean(0)
+        self.last_val = {"dice_mean": float(dice.mean())}
+        self.log("val/dice_mean", dice.mean().float(), prog_bar=True)
+        for name, value in zip(self.structures, dice, strict=True):
+            self.last_val[f"dice_{name}"] = float(value)
+            self.log(f"val/dice_{name}", value.float())
+        self._val_dice = []
+
+    def configure_optimizers(self):
+        lr = float(self.cfg["lr"])
+        wd = float(self.cfg["weight_decay"])
+        mult = float(self.cfg.get("encoder_lr_mult", 1.0))
+        encoder = getattr(self.model, "encoder", None)
+        enc_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for p in self.model.parameters():
+            if not p.requires_grad:
+                continue
+            key = (id(p) in enc_ids, p.ndim <= 1)  # (encoder?, norm/bias -> no weight decay)
+            groups.setdefault(key, []).append(p)
+        param_groups = [
+            {
+                "params": params,
+                "lr": lr * (mult if is_enc else 1.0),
+                "weight_decay": 0.0 if no_wd else wd,
+            }
+            for (is_enc, no_wd), params in groups.items()
+        ]
+        opt = torch.optim.AdamW(param_groups, lr=lr, weight_decay=wd)
+        warmup = self.cfg.get("warmup_steps")
+        warmup = int(round(0.05 * self.max_steps)) if warmup is None else int(warmup)
+        min_ratio = float(self.cfg.get("min_lr_ratio", 0.0))
+        total = self.max_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, warmup, total, min_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class BestWeights(Callback):
+    """Keep a CPU copy of the model weights at the best validation `monitor` value.
+
+    After `trainer.fit`, call `restore(module)` to load them back (no-op when validation never
+    ran). `best_score` / `best_step` say when it happened.
+    """
+
+    def __init__(self, monitor: str = "val/dice_mean", mode: str = "max") -> None:
+        self.monitor = monitor
+        self.mode = mode
+        self.best_score: float | None = None
+        self.best_step: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[tuple[int, float]] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        score = float(value)
+        self.history.append((int(trainer.global_step), score))
+        better = (
+            self.best_score is None
+            or (self.mode == "max" and score > self.best_score)
+            or (self.mode == "min" and score < self.best_score)
+        )
+        if better:
+            self.best_score = score
+            self.best_step = int(trainer.global_step)
+            self.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()
+            }
+
+    def restore(self, module: nn.Module) -> bool:
+        if self.best_state is None:
+            return False
+        module.load_state_dict(copy.deepcopy(self.best_state))
+        return True
