@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
@@ -201,3 +202,43 @@ def test_truncated_and_garbage_dicom(tmp_path):
     junk.write_bytes(b"hello, not dicom at all" * 10)
     with pytest.raises(InputError, match="junk.dcm"):
         read_image(junk)
+
+
+def test_voi_lut_sequence_with_more_than_256_entries(tmp_path):
+    """8-bit VOI LUT with 4096 entries (pydicom 3.0.2's apply_voi wraps indices at 256)."""
+    path = write_dicom(tmp_path / "voi.dcm", modality="MG", photometric="MONOCHROME1")
+    ds = pydicom.dcmread(path)
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 0, 8])  # LUT Descriptor
+    item.add_new(0x00283006, "US", [min(255, i // 8) for i in range(4096)])  # LUT Data
+    ds.VOILUTSequence = [item]
+    ds.save_as(path)
+    img = read_image(path)
+    lut = np.minimum(255, STORED // 8).astype(np.float32)
+    np.testing.assert_array_equal(img.array[0], 255.0 - lut)  # looked up, then inverted
+    assert img.meta["voi"] == "lut" and img.meta["value_range"] == (0.0, 255.0)
+
+
+def test_rgb_dicom_is_three_channels(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    path = write_dicom(tmp_path / "rgb.dcm", None, modality="OT")
+    ds = pydicom.dcmread(path)
+    ds.set_pixel_data(rgb, "RGB", 8)
+    ds.save_as(path)
+    img = read_image(path)
+    np.testing.assert_array_equal(img.array, np.moveaxis(rgb, -1, 0))
+    assert img.modality == "OT"
+
+
+def test_dcm_without_preamble_is_read(tmp_path):
+    """Old files with no 128-byte preamble / file meta: read with force when named .dcm."""
+    src = write_dicom(tmp_path / "src.dcm", modality="CT", RescaleSlope=1, RescaleIntercept=-1024)
+    ds = pydicom.dcmread(src)
+    bare = Dataset()
+    for elem in ds:
+        bare.add(elem)
+    bare["PixelData"].VR = "OW"
+    path = tmp_path / "bare.dcm"
+    bare.save_as(path, implicit_vr=True, little_endian=True)
+    assert path.read_bytes()[128:132] != b"DICM"
+    np.testing.assert_array_equal(read_image(path).array[0], STORED - 1024.0)

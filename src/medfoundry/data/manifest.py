@@ -117,7 +117,9 @@ def scan_class_folders(root: str | Path) -> tuple[list[ClassificationItem], list
             files = scan_images(base / name)
         except InputError as e:
             raise InputError(base / name, f"class {name!r} is empty: {e.problem}") from e
-        items.extend(ClassificationItem(path=f, label=label, group=patient_id_from_name(f)) for f in files)
+        items.extend(
+            ClassificationItem(path=f, label=label, group=patient_id_from_name(f)) for f in files
+        )
     return items, classes
 
 
@@ -138,7 +140,9 @@ def read_csv_manifest(csv_path: str | Path) -> list[dict[str, str]]:
             reader = csv.DictReader(f)
             header = [h.strip() for h in (reader.fieldnames or [])]
             if not header:
-                raise InputError(csv_path, "empty CSV: expected a header row with an 'image' column")
+                raise InputError(
+                    csv_path, "empty CSV: expected a header row with an 'image' column"
+                )
             if "image" not in header:
                 raise InputError(
                     csv_path,
@@ -188,7 +192,9 @@ def _index_by_stem(folder: Path) -> dict[str, Path]:
         if not (_is_image_name(p.name) and p.is_file()):
             continue
         if p.stem in out:
-            raise InputError(p, f"ambiguous: both {out[p.stem].name} and {p.name} have ID {p.stem!r}")
+            raise InputError(
+                p, f"ambiguous: both {out[p.stem].name} and {p.name} have ID {p.stem!r}"
+            )
         out[p.stem] = p
     return out
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_windowing
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medfoundry.errors import InputError
@@ -138,6 +138,30 @@ def _as_number(value: Any) -> float | list[float] | None:
         return None
 
 
+def _lut_table(item: pydicom.Dataset, ds: pydicom.Dataset) -> tuple[np.ndarray, int]:
+    """The LUT entries and the first mapped value of a VOI LUT Sequence item."""
+    descriptor = [int(v) for v in item.LUTDescriptor]
+    n = descriptor[0] or 2**16
+    first = descriptor[1]
+    if int(ds.get("PixelRepresentation") or 0) == 1 and first > 2**15 - 1:
+        first -= 2**16  # first mapped value is SS for signed pixel data
+    data = item.LUTData
+    if isinstance(data, bytes):
+        try:
+            little = bool(ds.file_meta.TransferSyntaxUID.is_little_endian)
+        except (AttributeError, ValueError):
+            little = True
+        if len(data) >= 2 * n:
+            table = np.frombuffer(data, dtype="<u2" if little else ">u2", count=n)
+        else:  # 8-bit entries packed into OW
+            table = np.frombuffer(data, dtype=np.uint8, count=min(n, len(data)))
+    else:
+        table = np.asarray(data if isinstance(data, list | tuple) else list(data), dtype=np.int64)
+    if table.size == 0:
+        raise ValueError("empty VOI LUT")
+    return table.astype(np.float64), first
+
+
 def _apply_voi(
     arr: np.ndarray, ds: pydicom.Dataset, meta: dict
 ) -> tuple[np.ndarray, tuple[float, float] | None]:
@@ -145,13 +169,12 @@ def _apply_voi(
     if ds.get("VOILUTSequence"):
         item = ds.VOILUTSequence[0]
         if item.get("LUTDescriptor") is not None and item.get("LUTData") is not None:
-            n = int(item.LUTDescriptor[0]) or 2**16
-            first = int(item.LUTDescriptor[1])
-            if np.issubdtype(arr.dtype, np.floating) and np.array_equal(arr, np.round(arr)):
-                arr = arr.astype(np.int64)
-            out = apply_voi(arr, ds).astype(np.float64)
-            table = apply_voi(np.arange(first, first + n, dtype=np.int64), ds)
+            table, first = _lut_table(item, ds)
+            # Own lookup instead of pydicom's apply_voi: pydicom 3.0.2 builds the index array
+            # in the LUT's dtype, so 8-bit LUTs with more than 256 entries wrap around.
+            index = np.clip(np.rint(np.asarray(arr, dtype=np.float64)) - first, 0, len(table) - 1)
             meta["voi"] = "lut"
+            out = table[index.astype(np.int64)].astype(np.float64)
             return out, (float(table.min()), float(table.max()))
     if "WindowCenter" in ds and "WindowWidth" in ds:
         if ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
@@ -181,7 +204,7 @@ def read_dicom(path: str | Path) -> ImageData:
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         sop = ds.get("SOPClassUID")
         kind = f" ({getattr(sop, 'name', sop)})" if sop else ""
-        raise InputError(p, f"DICOM file has no pixel data{kind}")
+        raise InputError(p, f"DICOM file has no pixel data{kind} (not an image, or truncated)")
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
     except (TypeError, ValueError):
@@ -203,9 +226,7 @@ def read_dicom(path: str | Path) -> ImageData:
     try:
         raw = ds.pixel_array
     except Exception as e:
-        raise InputError(
-            p, f"cannot decode DICOM pixel data: {type(e).__name__}: {e}"
-        ) from e
+        raise InputError(p, f"cannot decode DICOM pixel data: {type(e).__name__}: {e}") from e
 
     modality_tag = str(ds.get("Modality") or "").strip().upper()
     modality = normalize_modality(modality_tag)
@@ -267,9 +288,12 @@ def read_dicom(path: str | Path) -> ImageData:
                 raise InputError(
                     p, f"expected a single RGB frame, got pixel data of shape {rgb.shape}"
                 )
+            if photometric == "PALETTE COLOR" or not np.issubdtype(rgb.dtype, np.integer):
+                top = float(np.iinfo(rgb.dtype).max) if rgb.dtype.kind in "ui" else None
+            else:
+                top = float(2 ** int(ds.get("BitsStored") or 8) - 1)
+            value_range = None if top is None else (0.0, top)
             array = np.moveaxis(np.asarray(rgb, dtype=np.float64), -1, 0)
-            bits = int(ds.get("BitsStored") or 8)
-            value_range = (0.0, float(2**bits - 1))
     except InputError:
         raise
     except Exception as e:

@@ -29,9 +29,7 @@ RASTER_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", 
 
 _FOUR_CHANNEL_MODES = {"RGBA", "RGBa", "RGBX", "CMYK"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
-FOUR_CHANNEL_PROBLEM = (
-    "4-channel image not supported: expected 1 (grayscale) or 3 (RGB) channels"
-)
+FOUR_CHANNEL_PROBLEM = "4-channel image not supported: expected 1 (grayscale) or 3 (RGB) channels"
 
 
 def _decode(path: Path) -> tuple[Image.Image, str, int, dict]:
@@ -104,9 +102,7 @@ def read_raster(path: str | Path) -> ImageData:
     p = Path(path)
     img, fmt, n_frames, info = _decode(p)
     if n_frames > 1:
-        raise InputError(
-            p, f"multi-frame {fmt} ({n_frames} frames/pages) is not a single 2D image"
-        )
+        raise InputError(p, f"multi-frame {fmt} ({n_frames} frames/pages) is not a single 2D image")
     original_mode = img.mode
     array, meta = _to_array(img, p)
     if array.ndim != 3 or array.shape[0] not in (1, 3) or min(array.shape[1:]) < 1:

@@ -84,6 +84,13 @@ class AnatomyAugment:
     antialias: bool = True
 
     def __post_init__(self) -> None:
+        # YAML configs give lists: store tuples of floats so instances compare and print cleanly
+        for name in ("scale", "ratio", "brightness", "contrast", "blur_sigma", "clip"):
+            value = getattr(self, name)
+            if value is not None:
+                if len(value) != 2:
+                    raise ValueError(f"{name} must be a (low, high) pair, got {value!r}")
+                setattr(self, name, (float(value[0]), float(value[1])))
         lo, hi = self.scale
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")

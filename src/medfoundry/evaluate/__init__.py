@@ -1,0 +1,1 @@
+"""Benchmarks and reports: metrics, Markdown/PNG reports, the JSRT few-shot protocol."""

@@ -1,0 +1,50 @@
+"""SSL methods: ``torch.nn.Module``s whose ``forward(images, update=...)`` returns ``{"loss", ...}``.
+
+``build_method(name, backbone, **kwargs)`` is the one entry point; ``METHODS`` maps each method's
+name (the same name used by configs and the CLI) to its factory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from medfoundry.methods.moco import MoCo
+
+# Adam-v1's coarse-to-fine schedule: grid sides of the anatomy decomposer, stage by stage.
+ADAM_LEVELS: tuple[int, ...] = (0, 2, 4)
+
+
+def _build_adam(backbone: nn.Module, **kwargs: Any) -> MoCo:
+    """Adam-v1: MoCo-v2 + anatomy decomposer + purposive pruner (the caller sets the level)."""
+    kwargs.setdefault("prune_threshold", 0.8)
+    return MoCo(backbone, **kwargs)
+
+
+def _build_moco(backbone: nn.Module, **kwargs: Any) -> MoCo:
+    """MoCo-v2, Adam's main baseline: whole-image views (level 0), plain InfoNCE."""
+    if kwargs.pop("prune_threshold", None) is not None:
+        raise ValueError("moco does not prune negatives: prune_threshold must be None")
+    if kwargs.pop("level", 0) != 0:
+        raise ValueError("moco uses whole-image views: level must be 0")
+    return MoCo(backbone, prune_threshold=None, level=0, **kwargs)
+
+
+METHODS: dict[str, Callable[..., nn.Module]] = {
+    "adam": _build_adam,
+    "moco": _build_moco,
+}
+
+
+def build_method(name: str, backbone: nn.Module, **kwargs: Any) -> nn.Module:
+    """Build the SSL method ``name`` around ``backbone``; kwargs go to the method's class."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    model = METHODS[name](backbone, **kwargs)
+    model.method_name = name
+    return model
+
+
+__all__ = ["ADAM_LEVELS", "METHODS", "MoCo", "build_method"]
