@@ -18,8 +18,14 @@ def test_presets_exist_and_moco_extends_adam():
 
 
 def test_overrides_parse_yaml_values():
-    cfg = apply_overrides(load_config("adam"), ["optim.lr=0.1", "levels=[0,2]", "backbone.name=resnet18"])
-    assert cfg["optim"]["lr"] == 0.1 and cfg["levels"] == [0, 2] and cfg["backbone"]["name"] == "resnet18"
+    cfg = apply_overrides(
+        load_config("adam"), ["optim.lr=0.1", "levels=[0,2]", "backbone.name=resnet18"]
+    )
+    assert (
+        cfg["optim"]["lr"] == 0.1
+        and cfg["levels"] == [0, 2]
+        and cfg["backbone"]["name"] == "resnet18"
+    )
     with pytest.raises(MedfoundryError):
         apply_overrides(cfg, ["no_equals_sign"])
 

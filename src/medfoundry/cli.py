@@ -41,25 +41,47 @@ def _devices(value: str) -> Any:
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="self-supervised pretraining on a folder of images")
-    p.add_argument("--method", required=True, choices=["adam", "moco"], help="SSL method (config key: method)")
+    p.add_argument(
+        "--method", required=True, choices=["adam", "moco"], help="SSL method (config key: method)"
+    )
     p.add_argument("--data", required=True, nargs="+", type=Path, help="image folder(s) or files")
     p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--config", help="preset name or YAML file (default: the method's preset)")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key"
+    )
     g = p.add_argument_group("config overrides (each maps to the key in brackets)")
-    types = {"width": float, "lr": float, "in_channels": int, "batch_size": int, "load_size": int,
-             "input_size": int, "queue_size": int, "num_workers": int, "seed": int, "num_nodes": int,
-             "devices": _devices, "epochs": int}
+    types = {
+        "width": float,
+        "lr": float,
+        "in_channels": int,
+        "batch_size": int,
+        "load_size": int,
+        "input_size": int,
+        "queue_size": int,
+        "num_workers": int,
+        "seed": int,
+        "num_nodes": int,
+        "devices": _devices,
+        "epochs": int,
+    }
     for dest, key in PRETRAIN_FLAGS.items():
-        g.add_argument(f"--{dest.replace('_', '-')}", dest=dest, type=types.get(dest, str), help=f"[{key}]")
+        g.add_argument(
+            f"--{dest.replace('_', '-')}", dest=dest, type=types.get(dest, str), help=f"[{key}]"
+        )
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune a pretrained backbone on labeled data")
     p.add_argument("--task", required=True, choices=["classification", "segmentation"])
-    p.add_argument("--data", required=True, type=Path, help="classification: DIR/<CLASS>/images; segmentation: DIR/images + DIR/masks/<structure>")
+    p.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="classification: DIR/<CLASS>/images; segmentation: DIR/images + DIR/masks/<structure>",
+    )
     p.add_argument("--test-data", type=Path, help="optional labeled test folder, same layout")
     p.add_argument("--pretrained", required=True, help="run folder or checkpoint, or 'none'")
     p.add_argument("--out", required=True, type=Path)
@@ -69,7 +91,12 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="[batch_size]")
     p.add_argument("--image-size", type=int, help="[image_size]")
     p.add_argument("--labels-per-class", type=int, help="[labels_per_class] (classification)")
-    p.add_argument("--linear-probe", action="store_true", default=None, help="[linear_probe] freeze the backbone")
+    p.add_argument(
+        "--linear-probe",
+        action="store_true",
+        default=None,
+        help="[linear_probe] freeze the backbone",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
@@ -77,12 +104,23 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("benchmark", help="run a benchmark protocol")
     bsub = p.add_subparsers(dest="benchmark", required=True)
-    j = bsub.add_parser("jsrt-fewshot", help="Adam paper few-shot SCR segmentation (heart, clavicle, lungs)")
+    j = bsub.add_parser(
+        "jsrt-fewshot", help="Adam paper few-shot SCR segmentation (heart, clavicle, lungs)"
+    )
     j.add_argument("--train-data", required=True, type=Path, help="JSRT-layout training pool")
     j.add_argument("--test-data", required=True, type=Path, help="JSRT-layout test folder")
-    j.add_argument("--pretrained", nargs="+", required=True, help="run folder(s)/checkpoint(s), or 'none' for scratch only")
+    j.add_argument(
+        "--pretrained",
+        nargs="+",
+        required=True,
+        help="run folder(s)/checkpoint(s), or 'none' for scratch only",
+    )
     j.add_argument("--out", required=True, type=Path)
-    j.add_argument("--config", default="jsrt_fewshot", help="preset name or YAML (default jsrt_fewshot; jsrt_fewshot_cpu for CPU)")
+    j.add_argument(
+        "--config",
+        default="jsrt_fewshot",
+        help="preset name or YAML (default jsrt_fewshot; jsrt_fewshot_cpu for CPU)",
+    )
     j.add_argument("--shots", type=int, nargs="+", help="[shots]")
     j.add_argument("--repeats", type=int, help="[repeats]")
     j.add_argument("--steps", type=int, help="[steps]")
@@ -92,7 +130,9 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="pretrain Adam on the bundled chest X-rays and compare with scratch")
+    p = sub.add_parser(
+        "demo", help="pretrain Adam on the bundled chest X-rays and compare with scratch"
+    )
     p.add_argument("--out", type=Path, default=Path("medfoundry-demo"), help="output folder")
     p.add_argument("--quick", action="store_true", help="smoke-test scale (seconds)")
     p.add_argument("--seed", type=int, default=0)
@@ -133,8 +173,19 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             set_dotted(cfg, dest, value)
     cfg = apply_overrides(cfg, args.set)
     pretrained = None if args.pretrained.lower() == "none" else args.pretrained
-    fn = finetune.finetune_classification if args.task == "classification" else finetune.finetune_segmentation
-    fn(args.data, pretrained, args.out, cfg, test_data=args.test_data, progress=not args.no_progress)
+    fn = (
+        finetune.finetune_classification
+        if args.task == "classification"
+        else finetune.finetune_segmentation
+    )
+    fn(
+        args.data,
+        pretrained,
+        args.out,
+        cfg,
+        test_data=args.test_data,
+        progress=not args.no_progress,
+    )
     print(f"checkpoint: {args.out / 'checkpoint'}")
 
 
@@ -142,13 +193,20 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     from medfoundry.evaluate.jsrt_fewshot import run_jsrt_fewshot
 
     cfg = load_config(args.config)
-    for dest, key in (("shots", "shots"), ("repeats", "repeats"), ("steps", "steps"), ("image_size", "image_size")):
+    for dest, key in (
+        ("shots", "shots"),
+        ("repeats", "repeats"),
+        ("steps", "steps"),
+        ("image_size", "image_size"),
+    ):
         value = getattr(args, dest)
         if value is not None:
             set_dotted(cfg, key, value)
     cfg = apply_overrides(cfg, args.set)
     pretrained = [None if p.lower() == "none" else p for p in args.pretrained]
-    run_jsrt_fewshot(args.train_data, args.test_data, pretrained, args.out, cfg, progress=not args.no_progress)
+    run_jsrt_fewshot(
+        args.train_data, args.test_data, pretrained, args.out, cfg, progress=not args.no_progress
+    )
     print(f"results: {args.out / 'results.md'}")
 
 
@@ -160,7 +218,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "benchmark": cmd_benchmark, "demo": cmd_demo}
+    handlers = {
+        "pretrain": cmd_pretrain,
+        "finetune": cmd_finetune,
+        "benchmark": cmd_benchmark,
+        "demo": cmd_demo,
+    }
     try:
         handlers[args.command](args)
     except MedfoundryError as exc:

@@ -20,7 +20,9 @@ def test_auc_matches_pairwise_definition_with_ties():
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 5, (60,), generator=g).float()  # many ties
     labels = torch.rand(60, generator=g) > 0.4
-    assert math.isclose(roc_auc(scores, labels), _pairwise_auc(scores.tolist(), labels.tolist()), abs_tol=1e-12)
+    assert math.isclose(
+        roc_auc(scores, labels), _pairwise_auc(scores.tolist(), labels.tolist()), abs_tol=1e-12
+    )
 
 
 def test_auc_extremes_and_single_class():

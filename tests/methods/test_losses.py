@@ -8,7 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medfoundry.methods.losses import info_nce, purposive_pruner_loss
+from medfoundry.methods.losses import (
+    info_nce,
+    pruner_loss_from_similarities,
+    purposive_pruner_loss,
+)
 
 
 def unit(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -84,13 +88,18 @@ def test_positive_is_never_pruned() -> None:
     assert frac.item() == 1.0
 
 
-def test_gradients_are_finite_when_most_negatives_are_pruned() -> None:
+@pytest.mark.parametrize("threshold", [0.8, -1.0])  # -1: every negative of every row pruned
+def test_gradients_are_finite_when_negatives_are_pruned(threshold: float) -> None:
     q = unit(8, 16).requires_grad_(True)
     k = unit(8, 16, seed=1)
     queue = torch.cat([q.detach().repeat(4, 1), unit(8, 16, seed=2)])
-    loss, _ = purposive_pruner_loss(q, k, queue, 0.2, threshold=0.8)
+    loss, _ = purposive_pruner_loss(q, k, queue, 0.2, threshold=threshold)
     loss.backward()
-    assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+    assert torch.isfinite(q.grad).all()
+    if threshold > 0:
+        assert q.grad.abs().sum() > 0
+    else:  # only the positive is left: loss 0, gradient 0
+        assert loss.item() == 0.0 and q.grad.abs().max() == 0.0
 
 
 def test_bf16_inputs_are_safe() -> None:
@@ -101,3 +110,14 @@ def test_bf16_inputs_are_safe() -> None:
     assert low.item() == pytest.approx(ref.item(), rel=0.05)
     nce = info_nce(q.bfloat16(), k.bfloat16(), queue, 0.2)  # fp32 queue with bf16 queries
     assert torch.isfinite(nce)
+
+
+def test_from_similarities_matches_and_leaves_inputs_alone() -> None:
+    q, k, queue = unit(6, 4), unit(6, 4, seed=1), unit(40, 4, seed=2)
+    l_pos, l_neg = (q * k).sum(1), q @ queue.t()
+    before = l_neg.clone()
+    loss, frac = pruner_loss_from_similarities(l_pos, l_neg, 0.2, 0.3)
+    ref_loss, ref_frac = purposive_pruner_loss(q, k, queue, 0.2, 0.3)
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(frac, ref_frac)
+    assert torch.equal(l_neg, before)

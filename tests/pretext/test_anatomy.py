@@ -11,6 +11,16 @@ from medfoundry.pretext import AnatomyAugment, decompose_views
 NO_INTENSITY = {"jitter_p": 0.0, "blur_p": 0.0}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine two
+    OpenMP threads competing with another process slow these tests down many times over."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def grid_image(n: int, size: int = 64, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(batch, 1, size, size) images whose n x n cells have distinct constant values."""
     values = torch.linspace(-1.5, 1.5, n * n).reshape(n, n)
@@ -158,7 +168,7 @@ def test_jitter_probability() -> None:
 
 def test_blur_probability_and_effect() -> None:
     # sigma is given for a 224-pixel view: (3.5, 7) at 224 is (1, 2) pixels at 64
-    x = torch.randn(1500, 1, 32, 32) * 0.5
+    x = torch.randn(1000, 1, 32, 32) * 0.5
     base = AnatomyAugment(**NO_INTENSITY)
     on = AnatomyAugment(jitter_p=0.0, blur_p=0.5, blur_sigma=(3.5, 7.0))
     assert abs(_changed_fraction(x, base, on, out_size=64) - 0.5) < 0.04
@@ -195,3 +205,11 @@ def test_rejects_bad_arguments() -> None:
         AnatomyAugment(scale=(0.5, 0.2))
     with pytest.raises(ValueError):
         AnatomyAugment(padding="zeros")
+
+
+def test_half_precision_images() -> None:
+    x = torch.randn(2, 1, 64, 64)
+    ref = decompose_views(x, 2, out_size=32, generator=gen())
+    low = decompose_views(x.bfloat16(), 2, out_size=32, generator=gen())
+    assert low[0].dtype == torch.bfloat16
+    torch.testing.assert_close(low[0].float(), ref[0], atol=0.05, rtol=0.05)

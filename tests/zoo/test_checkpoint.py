@@ -55,5 +55,8 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
 
 def test_save_leaves_no_temporary_files(tmp_path):
     save_checkpoint(tmp_path / "ck", _tiny().state_dict(), {"method": "adam"})
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["medfoundry.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "medfoundry.json",
+        "model.safetensors",
+    ]
     json.loads((tmp_path / "ck" / "medfoundry.json").read_text())

@@ -18,7 +18,9 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     ranks = torch.empty_like(scores)
     ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
     # average ranks over ties
-    uniq, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    uniq, inverse, counts = torch.unique_consecutive(
+        sorted_scores, return_inverse=True, return_counts=True
+    )
     ends = torch.cumsum(counts, 0).double()
     avg = ends - (counts.double() - 1) / 2
     ranks[order] = avg[inverse]

@@ -305,6 +305,14 @@ def run_jsrt_fewshot(
     test_by_id = {str(it.id): it for it in test_items}
 
     state = _load_state(out_dir, cfg)
+    if state.get("runs") and (
+        state.get("test_ids") != test_ids or state.get("pool_size") != len(pool_ids)
+    ):
+        raise MedfoundryError(
+            f"{out_dir}: holds results for other train/test folders "
+            f"({state.get('pool_size')} pool / {len(state.get('test_ids') or [])} test images); "
+            "use another output folder"
+        )
     state.update(
         {
             "benchmark": "jsrt_fewshot",

@@ -33,17 +33,44 @@ def purposive_pruner_loss(
     """Adam's purposive pruner: InfoNCE without the negatives that are too similar to the query.
 
     For each sample, the queue keys whose *raw* cosine with the query is ``>= threshold`` are
-    removed from the softmax (their logits become -inf); the positive is always kept, so every
-    row keeps at least one finite logit and the loss and its gradient stay finite. One masked
-    log-sum-exp over the whole (B, 1 + K) matrix, no loop over samples.
+    removed from the softmax; the positive is always kept. Fully vectorised: one masked
+    log-sum-exp over the (B, K) negatives, combined with the positive by ``logaddexp``.
+
+    Pruned logits are set to the most negative float32 instead of -inf. Their softmax weight
+    is exactly 0 either way (``exp`` underflows), but a row whose negatives are *all* pruned
+    (e.g. near collapse) would give ``-inf - -inf = NaN`` in the log-sum-exp backward; with the
+    finite fill its gradient is 0 and its loss is exactly 0 (only the positive is left).
+    The (B, K) logits are updated in place: on CPU, allocating fresh 64 MiB buffers at
+    B=256, K=65536 costs more than the arithmetic.
 
     Returns:
         (loss averaged over the batch, fraction of the B x K negatives pruned; no gradient).
     """
     l_pos, l_neg = _similarities(q, k, queue)
-    pruned = l_neg >= threshold  # (B, K), decided before the temperature
-    neg_logits = (l_neg / temperature).masked_fill(pruned, float("-inf"))
+    return _pruned_nce(l_pos, l_neg, temperature, threshold, inplace=True)
+
+
+def pruner_loss_from_similarities(
+    l_pos: Tensor, l_neg: Tensor, temperature: float, threshold: float = 0.8
+) -> tuple[Tensor, Tensor]:
+    """``purposive_pruner_loss`` given raw cosines: positives (B,) and negatives (B, K).
+
+    The inputs are not modified. This is the interface of the reference's loss module, which
+    receives the similarities from the model.
+    """
+    return _pruned_nce(l_pos.float(), l_neg.float(), temperature, threshold, inplace=False)
+
+
+def _pruned_nce(
+    l_pos: Tensor, l_neg: Tensor, temperature: float, threshold: float, inplace: bool
+) -> tuple[Tensor, Tensor]:
+    pruned = l_neg >= threshold  # (B, K), decided on raw cosines, before the temperature
+    fill = torch.finfo(l_neg.dtype).min
+    if inplace:
+        neg_logits = l_neg.div_(temperature).masked_fill_(pruned, fill)
+    else:
+        neg_logits = (l_neg / temperature).masked_fill_(pruned, fill)
     pos_logits = l_pos / temperature
-    logits = torch.cat([pos_logits[:, None], neg_logits], dim=1)  # (B, 1 + K)
-    loss = (torch.logsumexp(logits, dim=1) - pos_logits).mean()
-    return loss, pruned.float().mean()
+    lse = torch.logaddexp(pos_logits, torch.logsumexp(neg_logits, dim=1))  # over [pos, kept]
+    loss = (lse - pos_logits).mean()
+    return loss, torch.count_nonzero(pruned) / pruned.numel()

@@ -89,4 +89,6 @@ def create_backbone(
     name: str = "resnet18", in_channels: int = 1, width: float = 1.0, spatial_dims: int = 2
 ) -> ResNetBackbone:
     """Build a backbone from its name and arguments (as stored in checkpoint metadata)."""
-    return ResNetBackbone(name=name, in_channels=in_channels, width=width, spatial_dims=spatial_dims)
+    return ResNetBackbone(
+        name=name, in_channels=in_channels, width=width, spatial_dims=spatial_dims
+    )

@@ -68,6 +68,8 @@ class AnatomyAugment:
         padding: ``"border"`` (clamp samples to the anchor) or a constant fill value.
         antialias: pre-shrink the batch (antialiased) when even the smallest crop would be
             downsampled, so bilinear resampling does not alias (e.g. whole 1024² images -> 224²).
+            The antialiasing filter itself mixes about one pixel of the shrunk image across
+            cell borders; with ``antialias=False`` no neighbouring pixel ever enters a view.
     """
 
     scale: tuple[float, float] = (0.2, 1.0)
@@ -259,6 +261,9 @@ def decompose_views(
     grid = torch.minimum(torch.maximum(grid, lo), hi)
 
     # All views in one grid_sample: stack each sample's views along the output height.
+    # Sampling positions in half precision would be off by up to a pixel at 1024 px: use fp32.
+    if src.dtype not in (torch.float32, torch.float64):
+        src = src.float()
     grid = grid.reshape(b, n_views * out_size, out_size, 2).to(src.dtype)
     out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
     out = out.reshape(b, c, n_views, out_size, out_size).transpose(1, 2)
@@ -283,6 +288,7 @@ def decompose_views(
         blurred = _gaussian_blur(out, sigma, radius)
         out = torch.where((blur_u < aug.blur_p).view(view), blurred, out)
 
+    out = out.to(images.dtype)
     views = list(out.reshape(b, n_views, c, out_size, out_size).unbind(dim=1))
     if return_cells:
         return views, torch.stack([row, col], dim=1)

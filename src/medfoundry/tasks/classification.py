@@ -16,7 +16,9 @@ from medfoundry.train.engine import KeepBestWeights, make_trainer
 from medfoundry.zoo import load_backbone
 
 
-def build_classifier_backbone(backbone_cfg: dict[str, Any], pretrained: str | Path | None) -> tuple[torch.nn.Module, str]:
+def build_classifier_backbone(
+    backbone_cfg: dict[str, Any], pretrained: str | Path | None
+) -> tuple[torch.nn.Module, str]:
     """Create the backbone and load pretrained weights; returns it and a load summary."""
     backbone = create_backbone(**backbone_cfg)
     if pretrained is None:
@@ -45,8 +47,15 @@ def train_classifier(
     steps = int(cfg["steps"])
     batch = int(cfg["batch_size"])
     module = ClassificationModule(backbone, num_classes, cfg, steps, linear_probe=linear_probe)
-    sampler = RandomSampler(range(len(train_x)), replacement=True, num_samples=steps * batch, generator=torch.Generator().manual_seed(seed))
-    train_loader = DataLoader(TensorDataset(train_x, train_y), batch_size=batch, sampler=sampler, drop_last=True)
+    sampler = RandomSampler(
+        range(len(train_x)),
+        replacement=True,
+        num_samples=steps * batch,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    train_loader = DataLoader(
+        TensorDataset(train_x, train_y), batch_size=batch, sampler=sampler, drop_last=True
+    )
     val_loader = DataLoader(TensorDataset(val_x, val_y), batch_size=max(batch, 32))
     keep = KeepBestWeights("val/score", mode="max")
     trainer = make_trainer(
@@ -69,14 +78,18 @@ def train_classifier(
 
 
 @torch.no_grad()
-def predict_proba(module: ClassificationModule, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def predict_proba(
+    module: ClassificationModule, x: torch.Tensor, batch_size: int = 64
+) -> torch.Tensor:
     """Class probabilities (N, K) in eval mode."""
     module.eval()
     outs = [module(x[i : i + batch_size]).float().softmax(-1) for i in range(0, len(x), batch_size)]
     return torch.cat(outs)
 
 
-def evaluate_classifier(module: ClassificationModule, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def evaluate_classifier(
+    module: ClassificationModule, x: torch.Tensor, y: torch.Tensor
+) -> dict[str, float]:
     """AUC (binary: positive class 1) and accuracy on a labeled set."""
     probs = predict_proba(module, x)
     return {"auc": roc_auc(probs[:, 1], y == 1), "accuracy": accuracy(probs.argmax(-1), y)}

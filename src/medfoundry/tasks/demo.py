@@ -27,7 +27,9 @@ def demo_data_dir() -> Path:
     return Path(str(resources.files("medfoundry") / "assets" / "kermany_demo"))
 
 
-def split_by_patient(items: list[ClassificationItem], cfg: dict[str, Any], seed: int) -> dict[str, list[ClassificationItem]]:
+def split_by_patient(
+    items: list[ClassificationItem], cfg: dict[str, Any], seed: int
+) -> dict[str, list[ClassificationItem]]:
     """Patient-level split per class: test patients first, the rest is the training pool."""
     rng = random.Random(seed)
     out: dict[str, list[ClassificationItem]] = {"test": [], "pool": []}
@@ -41,7 +43,9 @@ def split_by_patient(items: list[ClassificationItem], cfg: dict[str, Any], seed:
     return out
 
 
-def sample_labeled(pool: list[ClassificationItem], n_train: int, n_val: int, seed: int) -> tuple[list[int], list[int]]:
+def sample_labeled(
+    pool: list[ClassificationItem], n_train: int, n_val: int, seed: int
+) -> tuple[list[int], list[int]]:
     """Indices into `pool`: n_train and n_val per class, disjoint, drawn with a fixed seed."""
     rng = random.Random(seed)
     train, val = [], []
@@ -64,7 +68,9 @@ def _plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
     for ax, metric in zip(axes, ("auc", "accuracy"), strict=True):
         means = [mean_sd(results[a][metric])[0] for a in arms]
         sds = [mean_sd(results[a][metric])[1] for a in arms]
-        ax.bar(arms, means, yerr=sds, capsize=6, color=["#4C72B0", "#DD8452", "#55A868"][: len(arms)])
+        ax.bar(
+            arms, means, yerr=sds, capsize=6, color=["#4C72B0", "#DD8452", "#55A868"][: len(arms)]
+        )
         for i, a in enumerate(arms):
             ax.scatter([i] * len(results[a][metric]), results[a][metric], color="k", s=12, zorder=3)
         ax.set_ylim(0.4, 1.0)
@@ -75,7 +81,9 @@ def _plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
     plt.close(fig)
 
 
-def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True, seed: int = 0) -> dict[str, Any]:
+def run_demo(
+    out_dir: str | Path, quick: bool = False, progress: bool = True, seed: int = 0
+) -> dict[str, Any]:
     """Run the whole demo into `out_dir`; returns the results dict (also written as JSON)."""
     start = time.time()
     out_dir = Path(out_dir)
@@ -90,7 +98,9 @@ def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True, se
     split = split_by_patient(items, ccfg, seed)
     record_run(out_dir, {"demo": cfg, "pretrain": pre_cfg, "classify": ccfg, "quick": quick})
 
-    print(f"[1/3] Adam pretraining on {len(split['pool'])} unlabeled chest X-rays (levels {pre_cfg['levels']})")
+    print(
+        f"[1/3] Adam pretraining on {len(split['pool'])} unlabeled chest X-rays (levels {pre_cfg['levels']})"
+    )
     pool_dir = out_dir / "pretrain"
     pretrain(pre_cfg, [it.path for it in split["pool"]], pool_dir, resume=True, progress=progress)
     meta = read_metadata(pool_dir)
@@ -98,9 +108,13 @@ def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True, se
     norm = meta["normalization"]
 
     print(f"[2/3] Loading labeled images at {size}²")
-    pool_x = load_images([it.path for it in split["pool"]], size, normalization=norm, progress=progress)
+    pool_x = load_images(
+        [it.path for it in split["pool"]], size, normalization=norm, progress=progress
+    )
     pool_y = torch.tensor([it.label for it in split["pool"]])
-    test_x = load_images([it.path for it in split["test"]], size, normalization=norm, progress=progress)
+    test_x = load_images(
+        [it.path for it in split["test"]], size, normalization=norm, progress=progress
+    )
     test_y = torch.tensor([it.label for it in split["test"]])
 
     arms: dict[str, Path | None] = {"adam": pool_dir, "scratch": None}
@@ -110,11 +124,20 @@ def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True, se
     print(f"[3/3] Training classifiers: {ccfg['labels_per_class']} labels per class, {n_runs} runs")
     bar = tqdm(total=n_runs, desc="classifiers", disable=not progress)
     for rep in range(int(ccfg["repeats"])):
-        tr, va = sample_labeled(split["pool"], int(ccfg["labels_per_class"]), int(ccfg["val_per_class"]), seed + rep)
+        tr, va = sample_labeled(
+            split["pool"], int(ccfg["labels_per_class"]), int(ccfg["val_per_class"]), seed + rep
+        )
         for arm, ckpt in arms.items():
             model, info = train_classifier(
-                pool_x[tr], pool_y[tr], pool_x[va], pool_y[va],
-                backbone_cfg=meta["backbone"], pretrained=ckpt, cfg=ccfg, seed=seed + rep, progress=False,
+                pool_x[tr],
+                pool_y[tr],
+                pool_x[va],
+                pool_y[va],
+                backbone_cfg=meta["backbone"],
+                pretrained=ckpt,
+                cfg=ccfg,
+                seed=seed + rep,
+                progress=False,
             )
             loads[arm] = info["load"]
             metrics = evaluate_classifier(model, test_x, test_y)
@@ -127,7 +150,9 @@ def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True, se
     for arm in arms:
         auc_m, auc_s = mean_sd(results[arm]["auc"])
         acc_m, acc_s = mean_sd(results[arm]["accuracy"])
-        table.append(f"| {arm} | {auc_m:.3f} ± {auc_s:.3f} | {acc_m:.3f} ± {acc_s:.3f} | {loads[arm]} |")
+        table.append(
+            f"| {arm} | {auc_m:.3f} ± {auc_s:.3f} | {acc_m:.3f} ± {acc_s:.3f} | {loads[arm]} |"
+        )
     header = (
         f"Kermany demo subset: {len(split['pool'])} pretraining images, "
         f"{ccfg['labels_per_class']} labels/class, {len(split['test'])} test images, "

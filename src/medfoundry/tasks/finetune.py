@@ -16,7 +16,9 @@ from medfoundry.tasks.classification import evaluate_classifier, train_classifie
 from medfoundry.zoo import read_metadata, save_checkpoint
 
 
-def backbone_setup(pretrained: str | Path | None, cfg: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, Any]]:
+def backbone_setup(
+    pretrained: str | Path | None, cfg: dict[str, Any]
+) -> tuple[dict[str, Any], int, dict[str, Any]]:
     """Backbone config, input size and normalisation: from the checkpoint when given, else cfg."""
     if pretrained is not None:
         meta = read_metadata(pretrained)
@@ -25,15 +27,21 @@ def backbone_setup(pretrained: str | Path | None, cfg: dict[str, Any]) -> tuple[
     return dict(cfg["backbone"]), int(cfg.get("image_size") or 224), dict(XRAY_NORMALIZATION)
 
 
-def patient_split(items: list[ClassificationItem], val_fraction: float, seed: int) -> tuple[list[ClassificationItem], list[ClassificationItem]]:
+def patient_split(
+    items: list[ClassificationItem], val_fraction: float, seed: int
+) -> tuple[list[ClassificationItem], list[ClassificationItem]]:
     """Split by patient group so no patient is in both parts."""
     groups = sorted({it.group for it in items})
     random.Random(seed).shuffle(groups)
     val_groups = set(groups[: max(1, int(round(len(groups) * val_fraction)))])
-    return [it for it in items if it.group not in val_groups], [it for it in items if it.group in val_groups]
+    return [it for it in items if it.group not in val_groups], [
+        it for it in items if it.group in val_groups
+    ]
 
 
-def limit_per_class(items: list[ClassificationItem], n: int | None, seed: int) -> list[ClassificationItem]:
+def limit_per_class(
+    items: list[ClassificationItem], n: int | None, seed: int
+) -> list[ClassificationItem]:
     """Keep `n` items per class (seeded), or all when n is None."""
     if n is None:
         return items
@@ -47,8 +55,12 @@ def limit_per_class(items: list[ClassificationItem], n: int | None, seed: int) -
 
 
 def finetune_classification(
-    data: Path, pretrained: str | Path | None, out_dir: Path, cfg: dict[str, Any],
-    test_data: Path | None = None, progress: bool = True,
+    data: Path,
+    pretrained: str | Path | None,
+    out_dir: Path,
+    cfg: dict[str, Any],
+    test_data: Path | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune (or linear-probe) a classifier on class folders; writes checkpoint + metrics."""
     seed = int(cfg.get("seed", 0))
@@ -56,33 +68,151 @@ def finetune_classification(
     train_items, val_items = patient_split(items, float(cfg["val_fraction"]), seed)
     train_items = limit_per_class(train_items, cfg.get("labels_per_class"), seed)
     backbone_cfg, size, norm = backbone_setup(pretrained, cfg)
-    record_run(out_dir, {**cfg, "data": str(data), "pretrained": str(pretrained), "classes": classes})
+    record_run(
+        out_dir, {**cfg, "data": str(data), "pretrained": str(pretrained), "classes": classes}
+    )
 
     def load(its: list[ClassificationItem]) -> tuple[torch.Tensor, torch.Tensor]:
-        x = load_images([it.path for it in its], size, channels=backbone_cfg["in_channels"], normalization=norm, progress=progress)
+        x = load_images(
+            [it.path for it in its],
+            size,
+            channels=backbone_cfg["in_channels"],
+            normalization=norm,
+            progress=progress,
+        )
         return x, torch.tensor([it.label for it in its])
 
     tx, ty = load(train_items)
     vx, vy = load(val_items)
     model, info = train_classifier(
-        tx, ty, vx, vy, backbone_cfg=backbone_cfg, pretrained=pretrained, cfg=cfg, seed=seed,
-        num_classes=len(classes), linear_probe=bool(cfg.get("linear_probe")), progress=progress,
+        tx,
+        ty,
+        vx,
+        vy,
+        backbone_cfg=backbone_cfg,
+        pretrained=pretrained,
+        cfg=cfg,
+        seed=seed,
+        num_classes=len(classes),
+        linear_probe=bool(cfg.get("linear_probe")),
+        progress=progress,
     )
     print(f"backbone: {info['load']}")
-    metrics: dict[str, Any] = {"load": info["load"], "val_best_score": info["best_val_score"],
-                               "n_train": len(train_items), "n_val": len(val_items)}
+    metrics: dict[str, Any] = {
+        "load": info["load"],
+        "val_best_score": info["best_val_score"],
+        "n_train": len(train_items),
+        "n_val": len(val_items),
+    }
     if test_data is not None:
         test_items, test_classes = scan_class_folders(test_data)
         if test_classes != classes:
-            raise ValueError(f"{test_data}: classes {test_classes} differ from training classes {classes}")
+            raise ValueError(
+                f"{test_data}: classes {test_classes} differ from training classes {classes}"
+            )
         sx, sy = load(test_items)
         metrics["test"] = evaluate_classifier(model, sx, sy)
         print(f"test: {metrics['test']}")
-    meta = {"task": "classification", "classes": classes, "backbone": backbone_cfg, "input_size": size,
-            "in_channels": backbone_cfg["in_channels"], "spatial_dims": 2, "axis_order": "CHW",
-            "normalization": norm, "method": "finetune", "pretrained_from": str(pretrained)}
+    meta = {
+        "task": "classification",
+        "classes": classes,
+        "backbone": backbone_cfg,
+        "input_size": size,
+        "in_channels": backbone_cfg["in_channels"],
+        "spatial_dims": 2,
+        "axis_order": "CHW",
+        "normalization": norm,
+        "method": "finetune",
+        "pretrained_from": str(pretrained),
+    }
     state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
     state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
     save_checkpoint(out_dir / "checkpoint", state, meta)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def finetune_segmentation(
+    data: Path,
+    pretrained: str | Path | None,
+    out_dir: Path,
+    cfg: dict[str, Any],
+    test_data: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a U-Net (pretrained encoder) on an images/ + masks/<structure>/ folder; save it."""
+    from medfoundry.data.manifest import scan_segmentation_folder
+    from medfoundry.data.segmentation import load_segmentation_set, structure_groups
+    from medfoundry.evaluate.summary import mean_sd
+    from medfoundry.tasks.segmentation import evaluate, train_segmenter
+
+    seed = int(cfg.get("seed", 0))
+    items = scan_segmentation_folder(data)
+    groups = structure_groups(cfg.get("structures") or sorted(items[0].masks))
+    cfg = {**cfg, "default_image_size": cfg.get("default_image_size", 256)}
+    backbone_cfg, size, norm = backbone_setup(
+        pretrained,
+        {
+            **cfg,
+            "image_size": cfg.get("image_size")
+            or (None if pretrained else cfg["default_image_size"]),
+        },
+    )
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(round(len(items) * float(cfg["val_fraction"])))) if len(items) > 1 else 0
+    val_items = [items[i] for i in order[:n_val]]
+    train_items = [items[i] for i in order[n_val:]]
+    record_run(
+        out_dir, {**cfg, "data": str(data), "pretrained": str(pretrained), "structures": groups}
+    )
+    tx, ty = load_segmentation_set(train_items, size, groups, backbone_cfg["in_channels"], norm)
+    vx, vy = (
+        load_segmentation_set(val_items, size, groups, backbone_cfg["in_channels"], norm)
+        if val_items
+        else (None, None)
+    )
+    model, info = train_segmenter(
+        tx,
+        ty,
+        vx,
+        vy,
+        backbone_cfg=backbone_cfg,
+        pretrained=pretrained,
+        cfg=cfg,
+        out_dir=None,
+        seed=seed,
+        progress=progress,
+        structures=list(groups),
+    )
+    print(f"backbone: {info.get('load_report', 'random initialisation')}")
+    metrics: dict[str, Any] = {
+        "load": info.get("load_report", "random initialisation"),
+        "best_val_dice": info.get("best_val_dice"),
+        "n_train": len(train_items),
+        "n_val": len(val_items),
+    }
+    if test_data is not None:
+        test_items = scan_segmentation_folder(
+            test_data, list({m for ms in groups.values() for m in ms})
+        )
+        sx, sy = load_segmentation_set(test_items, size, groups, backbone_cfg["in_channels"], norm)
+        dice = evaluate(model, sx, sy)
+        metrics["test_dice"] = {name: mean_sd(dice[:, k].tolist()) for k, name in enumerate(groups)}
+        print(f"test Dice (mean, sd): {metrics['test_dice']}")
+    meta = {
+        "task": "segmentation",
+        "structures": groups,
+        "backbone": backbone_cfg,
+        "input_size": size,
+        "in_channels": backbone_cfg["in_channels"],
+        "spatial_dims": 2,
+        "axis_order": "CHW",
+        "normalization": norm,
+        "decoder_channels": list(cfg["decoder_channels"]),
+        "method": "finetune",
+        "pretrained_from": str(pretrained),
+    }
+    save_checkpoint(out_dir / "checkpoint", model.state_dict(), meta)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics

@@ -67,7 +67,13 @@ def _load_module_weights(module: PretrainModule, ckpt: Path) -> None:
     module.load_state_dict(state)
 
 
-def checkpoint_metadata(cfg: dict[str, Any], backbone_cfg: dict[str, Any], levels: list[int], n_images: int, sources: Sequence[str]) -> dict[str, Any]:
+def checkpoint_metadata(
+    cfg: dict[str, Any],
+    backbone_cfg: dict[str, Any],
+    levels: list[int],
+    n_images: int,
+    sources: Sequence[str],
+) -> dict[str, Any]:
     """What a downstream user needs to rebuild and feed the backbone."""
     return {
         "method": cfg["method"],
@@ -102,7 +108,9 @@ def pretrain(
     levels = stage_levels(cfg)
     epochs = _stage_epochs(cfg, len(levels))
     if not resume and out_dir.exists() and any(out_dir.glob("stage*/checkpoints/*.ckpt")):
-        raise MedfoundryError(f"{out_dir}: already holds a run; pass --resume or choose a new --out")
+        raise MedfoundryError(
+            f"{out_dir}: already holds a run; pass --resume or choose a new --out"
+        )
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)
     normalization = cfg.setdefault("normalization", dict(XRAY_NORMALIZATION))
@@ -135,7 +143,11 @@ def pretrain(
     backbone = create_backbone(**cfg["backbone"])
     backbone_cfg = dict(backbone.config)
     method = build_method(
-        cfg["method"], backbone, level=levels[0], out_size=int(cfg["views"]["out_size"]), **cfg.get("moco", {})
+        cfg["method"],
+        backbone,
+        level=levels[0],
+        out_size=int(cfg["views"]["out_size"]),
+        **cfg.get("moco", {}),
     )
     tcfg = cfg.get("trainer", {})
     prev_stage: Path | None = None
@@ -143,7 +155,9 @@ def pretrain(
     for i, (level, n_epochs) in enumerate(zip(levels, epochs, strict=True)):
         stage_dir = out_dir / f"stage{i}_level{level}"
         steps_per_epoch = max(1, len(train_loader))
-        module = PretrainModule(method, {**cfg["optim"], "batch_size": batch_size}, n_epochs * steps_per_epoch)
+        module = PretrainModule(
+            method, {**cfg["optim"], "batch_size": batch_size}, n_epochs * steps_per_epoch
+        )
         method.set_level(level)
         done = (stage_dir / FINAL_DIR / "medfoundry.json").is_file()
         if not done:
@@ -160,6 +174,7 @@ def pretrain(
                 strategy=str(tcfg.get("strategy", "auto")),
                 progress=progress,
                 monitor="val/loss" if val_loader is not None else None,
+                log_every_n_steps=max(1, min(10, steps_per_epoch)),
                 mode="min",
             )
             start = time.time()
@@ -172,7 +187,9 @@ def pretrain(
             timings[f"stage{i}_level{level}"] = time.time() - start
             _load_module_weights(module, _selected_ckpt(stage_dir))
             if trainer.is_global_zero:
-                meta = checkpoint_metadata(cfg, backbone_cfg, levels[: i + 1], len(paths), [str(d) for d in data])
+                meta = checkpoint_metadata(
+                    cfg, backbone_cfg, levels[: i + 1], len(paths), [str(d) for d in data]
+                )
                 save_checkpoint(stage_dir / FINAL_DIR, method.export_backbone(), meta)
         prev_stage = stage_dir
     # the final stage's export is the run's checkpoint

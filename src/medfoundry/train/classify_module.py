@@ -13,7 +13,9 @@ from medfoundry.evaluate.classification_metrics import accuracy, roc_auc
 from medfoundry.train.pretrain_module import cosine_lambda
 
 
-def intensity_shift_augment(x: torch.Tensor, max_shift: float = 0.08, max_scale: float = 0.1, intensity: float = 0.2) -> torch.Tensor:
+def intensity_shift_augment(
+    x: torch.Tensor, max_shift: float = 0.08, max_scale: float = 0.1, intensity: float = 0.2
+) -> torch.Tensor:
     """Batched random translation/zoom + brightness/contrast jitter (no flips: lateralised anatomy)."""
     b = x.shape[0]
     dev = x.device
@@ -34,7 +36,14 @@ def intensity_shift_augment(x: torch.Tensor, max_shift: float = 0.08, max_scale:
 class ClassificationModule(L.LightningModule):
     """Backbone + linear head; `linear_probe=True` freezes the backbone (and its BN statistics)."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, cfg: dict[str, Any], total_steps: int, linear_probe: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        cfg: dict[str, Any],
+        total_steps: int,
+        linear_probe: bool = False,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.out_dim, num_classes)
@@ -56,11 +65,15 @@ class ClassificationModule(L.LightningModule):
             feats = self.backbone(x)
         return self.head(feats)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         x, y = batch
         if self.cfg.get("augment", True):
             x = intensity_shift_augment(x)
-        loss = F.cross_entropy(self(x), y, label_smoothing=float(self.cfg.get("label_smoothing", 0.0)))
+        loss = F.cross_entropy(
+            self(x), y, label_smoothing=float(self.cfg.get("label_smoothing", 0.0))
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
 
@@ -88,6 +101,10 @@ class ClassificationModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=float(self.cfg["lr"]), weight_decay=float(self.cfg.get("weight_decay", 1e-4)))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(self.total_steps, int(self.cfg.get("warmup_steps", 0))))
+        opt = torch.optim.AdamW(
+            params, lr=float(self.cfg["lr"]), weight_decay=float(self.cfg.get("weight_decay", 1e-4))
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, cosine_lambda(self.total_steps, int(self.cfg.get("warmup_steps", 0)))
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -61,16 +61,20 @@ class PretrainModule(L.LightningModule):
         world = max(1, self.trainer.world_size) if self._trainer is not None else 1
         lr = float(cfg["lr"]) * float(cfg["batch_size"]) * world / 256.0
         decay, no_decay = [], []
-        for name, param in self.method.named_parameters():
+        for _name, param in self.method.named_parameters():
             if not param.requires_grad:
                 continue
-            (no_decay if param.ndim <= 1 and cfg.get("exclude_norm_bias", False) else decay).append(param)
+            (no_decay if param.ndim <= 1 and cfg.get("exclude_norm_bias", False) else decay).append(
+                param
+            )
         groups = [{"params": decay, "weight_decay": float(cfg["weight_decay"])}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
         name = cfg.get("optimizer", "sgd")
         if name == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=float(cfg.get("momentum", 0.9)))
+            opt: torch.optim.Optimizer = torch.optim.SGD(
+                groups, lr=lr, momentum=float(cfg.get("momentum", 0.9))
+            )
         elif name == "adamw":
             opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))))
         else:

@@ -9,7 +9,6 @@ Validation logs `val/dice_mean` and `val/dice_<structure>` (threshold 0.5).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -172,5 +171,5 @@ class BestWeights(Callback):
     def restore(self, module: nn.Module) -> bool:
         if self.best_state is None:
             return False
-        module.load_state_dict(copy.deepcopy(self.best_state))
+        module.load_state_dict(self.best_state)
         return True

@@ -81,11 +81,15 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 KNOWN_PREFIXES = ("module.", "backbone.", "encoder.", "method.backbone.", "model.encoder.")
 
 
-def _strip_prefix(weights: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
+def _strip_prefix(
+    weights: dict[str, torch.Tensor], model_keys: set[str]
+) -> dict[str, torch.Tensor]:
     """Drop the wrapper prefix (`module.`, `backbone.`, ...) that matches the most model keys."""
     best, best_hits = weights, sum(k in model_keys for k in weights)
     for prefix in KNOWN_PREFIXES:
-        stripped = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in weights.items()}
+        stripped = {
+            (k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in weights.items()
+        }
         hits = sum(k in model_keys for k in stripped)
         if hits > best_hits:
             best, best_hits = stripped, hits

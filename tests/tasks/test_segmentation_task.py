@@ -1,0 +1,63 @@
+"""Segmentation task helpers: pretrained loading info, predict/evaluate, optimiser groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medfoundry.errors import CheckpointError
+from medfoundry.nets import create_backbone
+from medfoundry.tasks.segmentation import build_segmenter, evaluate, predict
+from medfoundry.train.segment_module import SegmentationModule, warmup_cosine
+from medfoundry.zoo import save_checkpoint
+
+BACKBONE = {"name": "resnet10", "in_channels": 1, "width": 0.125, "spatial_dims": 2}
+DEC = (16, 16, 8, 8, 8)
+
+
+def test_build_with_pretrained_reports_loaded_tensors(tmp_path):
+    bb = create_backbone(**BACKBONE)
+    save_checkpoint(tmp_path / "ck", bb.state_dict(), {"backbone": bb.config, "method": "x"})
+    model, info = build_segmenter(BACKBONE, 2, tmp_path / "ck", decoder_channels=DEC)
+    assert info["loaded_tensors"] == info["backbone_tensors"] > 0
+    assert "loaded" in info["load_report"]
+    for key, value in bb.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[key], value)
+    _, scratch_info = build_segmenter(BACKBONE, 2, None, decoder_channels=DEC)
+    assert scratch_info == {}
+    with pytest.raises(CheckpointError):
+        build_segmenter({**BACKBONE, "name": "resnet18"}, 2, tmp_path / "ck", decoder_channels=DEC)
+
+
+def test_predict_and_evaluate_shapes():
+    model, _ = build_segmenter(BACKBONE, 3, None, decoder_channels=DEC)
+    x = torch.randn(5, 1, 64, 64)
+    probs = predict(model, x, batch_size=2, device="cpu")
+    assert probs.shape == (5, 3, 64, 64) and probs.dtype == torch.float32
+    assert (probs >= 0).all() and (probs <= 1).all()
+    y = (probs > 0.5).to(torch.uint8)
+    dice = evaluate(model, x, y, batch_size=2, device="cpu")
+    assert dice.shape == (5, 3)
+    assert torch.allclose(dice, torch.ones_like(dice))  # the model agrees with itself
+    assert model.training  # predict restores the mode it found
+
+
+def test_optimizer_groups_and_schedule():
+    model, _ = build_segmenter(BACKBONE, 2, None, decoder_channels=DEC)
+    module = SegmentationModule(
+        model, ["a", "b"], {"lr": 1e-2, "weight_decay": 0.1, "encoder_lr_mult": 0.1}, 100
+    )
+    conf = module.configure_optimizers()
+    groups = conf["optimizer"].param_groups
+    enc = {id(p) for p in model.encoder.parameters()}
+    for g in groups:
+        is_enc = id(g["params"][0]) in enc
+        assert all((id(p) in enc) == is_enc for p in g["params"])
+        assert g["initial_lr"] == pytest.approx(1e-3 if is_enc else 1e-2)
+        assert g["weight_decay"] == (0.0 if g["params"][0].ndim <= 1 else 0.1)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
+    assert warmup_cosine(100, 10, 100, min_ratio=0.1) == pytest.approx(0.1)
