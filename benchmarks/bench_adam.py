@@ -199,48 +199,70 @@ def _time(fn, device: torch.device, repeats: int) -> tuple[float, torch.Tensor]:
     return statistics.median(times), out
 
 
+def _with_backward(loss_fn, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor):
+    """Loss and its gradient with respect to the queries, as in a training step."""
+
+    def run():
+        qg = q.detach().requires_grad_(True)
+        out = loss_fn(qg, k, queue)
+        loss = out[0] if isinstance(out, tuple) else out
+        loss.backward()
+        return out
+
+    return run
+
+
 def bench_loss(device: torch.device, batch: int, queue_size: int, dim: int, repeats: int):
-    """Two comparisons, both on the same inputs in the same run:
+    """Three comparisons, all on the same inputs in the same run:
 
     * ``full``: embeddings -> loss (includes the B x K x D similarity matmul, common to both);
-    * ``criterion``: similarities -> loss, the interface of the reference's loss module.
+    * ``criterion``: similarities -> loss, the interface of the reference's loss module;
+    * ``train``: embeddings -> loss -> gradient of the queries (what a training step pays).
     """
     q, k, queue = clustered_embeddings(batch, queue_size, dim, device)
     t, thr = 0.2, 0.8
     rows = []
     with torch.no_grad():
         l_pos, l_neg = similarities(q, k, queue)
-        cases = {
-            "full": (
-                lambda: purposive_pruner_loss(q, k, queue, t, thr),
-                lambda: pruner_loss_loop(q, k, queue, t, thr),
-            ),
-            "criterion": (
-                lambda: pruner_loss_from_similarities(l_pos, l_neg, t, thr),
-                lambda: pruner_criterion_loop(l_pos, l_neg, t, thr),
-            ),
-        }
-        for scope, (vectorised, loop) in cases.items():
+    cases = {
+        "full": (
+            lambda: purposive_pruner_loss(q, k, queue, t, thr),
+            lambda: pruner_loss_loop(q, k, queue, t, thr),
+            False,
+        ),
+        "criterion": (
+            lambda: pruner_loss_from_similarities(l_pos, l_neg, t, thr),
+            lambda: pruner_criterion_loop(l_pos, l_neg, t, thr),
+            False,
+        ),
+        "train": (
+            _with_backward(lambda a, b, c: purposive_pruner_loss(a, b, c, t, thr), q, k, queue),
+            _with_backward(lambda a, b, c: pruner_loss_loop(a, b, c, t, thr), q, k, queue),
+            True,
+        ),
+    }
+    for scope, (vectorised, loop, grad) in cases.items():
+        with torch.set_grad_enabled(grad):
             vec_s, (vec_loss, frac) = _time(vectorised, device, repeats)
             loop_s, loop_loss = _time(loop, device, repeats)
-            vec, ref = float(vec_loss), float(loop_loss)
-            rows.append(
-                {
-                    "device": device.type,
-                    "scope": scope,
-                    "batch": batch,
-                    "queue": queue_size,
-                    "dim": dim,
-                    "pruned_fraction": float(frac),
-                    "vectorised_ms": vec_s * 1e3,
-                    "loop_ms": loop_s * 1e3,
-                    "speedup": loop_s / vec_s,
-                    "goal": SPEEDUP_GOAL,
-                    "loss_vectorised": vec,
-                    "loss_loop": ref,
-                    "same_loss": abs(vec - ref) <= 1e-4 * max(1.0, abs(ref)),
-                }
-            )
+        vec, ref = float(vec_loss.detach()), float(loop_loss.detach())
+        rows.append(
+            {
+                "device": device.type,
+                "scope": scope,
+                "batch": batch,
+                "queue": queue_size,
+                "dim": dim,
+                "pruned_fraction": float(frac),
+                "vectorised_ms": vec_s * 1e3,
+                "loop_ms": loop_s * 1e3,
+                "speedup": loop_s / vec_s,
+                "goal": SPEEDUP_GOAL,
+                "loss_vectorised": vec,
+                "loss_loop": ref,
+                "same_loss": abs(vec - ref) <= 1e-4 * max(1.0, abs(ref)),
+            }
+        )
     return rows
 
 
@@ -312,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         "\nPurposive pruner loss, vectorised vs per-sample loop; scope 'full' = embeddings -> loss"
-        " (incl. the shared B x K x D matmul), 'criterion' = similarities -> loss"
+        " (incl. the shared B x K x D matmul), 'criterion' = similarities -> loss,"
+        " 'train' = full + backward"
     )
     print(
         f"{'device':<8}{'scope':<11}{'B':>5}{'K':>7}{'D':>5}{'pruned':>8}{'vector ms':>11}"

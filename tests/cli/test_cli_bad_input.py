@@ -111,3 +111,23 @@ def test_finetune_rejects_missing_checkpoint(xray_folder, tmp_path, capsys):
         ]
     )
     assert code == 2 and "no medfoundry checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["finetune", "benchmark"])
+def test_mask_of_other_size_stops_segmentation(tmp_path, capsys, make_jsrt_like, command):
+    train = make_jsrt_like(tmp_path / "train", [f"TR{i}" for i in range(4)], seed=1)
+    test = make_jsrt_like(tmp_path / "test", ["TE0"], seed=2)
+    bad = train / "masks" / "heart" / "TR2.png"
+    Image.fromarray(np.zeros((40, 64), np.uint8)).save(bad)
+    out = tmp_path / "out"
+    if command == "finetune":
+        args = ["finetune", "--task", "segmentation", "--data", str(train), "--pretrained", "none"]
+    else:
+        args = ["benchmark", "jsrt-fewshot", "--train-data", str(train), "--pretrained", "none"]
+        args += ["--shots", "2", "--repeats", "1", "--set", "val_size=1"]
+    args += ["--test-data", str(test), "--out", str(out), "--steps", "2", "--no-progress"]
+    code = main(args + ["--image-size", "32", "--set", "accelerator=cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "TR2.png" in err[0] and "size" in err[0]
+    assert not list(out.rglob("*.ckpt")) and not list(out.rglob("*.safetensors"))

@@ -226,3 +226,10 @@ def test_real_data_layouts():
     groups = {it.group for it in cls_items}
     assert len(cls_items) > len(groups) > 100  # several images per patient
     assert not any(it.group.endswith((".jpg", ".jpeg")) for it in cls_items)
+
+
+def test_scan_images_finds_extensionless_dicom_only(tmp_path):
+    (tmp_path / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    (tmp_path / "README").write_text("not an image, no extension")
+    (tmp_path / "a.png").write_bytes(b"")
+    assert [p.name for p in scan_images(tmp_path)] == ["IM0001", "a.png"]

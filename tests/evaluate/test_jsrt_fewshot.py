@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import medfoundry.evaluate.jsrt_fewshot as fewshot
 from medfoundry.data.manifest import scan_segmentation_folder
@@ -37,43 +34,8 @@ CFG = {
 }
 
 
-def _png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(path)
-
-
-def make_jsrt_like(root: Path, ids: list[str], size: int = 64, seed: int = 0) -> Path:
-    """Chest-X-ray-like toys: dark lungs, a bright disk heart, two thin clavicle bars."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    s = size / 64
-    for name in ids:
-        masks = {n: np.zeros((size, size), bool) for n in NAMES}
-        dy, dx = rng.integers(-3, 4, 2) * s
-        masks["right_lung"] = ((yy - 32 * s - dy) / (20 * s)) ** 2 + (
-            (xx - 18 * s - dx) / (9 * s)
-        ) ** 2 < 1
-        masks["left_lung"] = ((yy - 32 * s - dy) / (20 * s)) ** 2 + (
-            (xx - 46 * s - dx) / (9 * s)
-        ) ** 2 < 1
-        r = rng.uniform(8, 11) * s
-        masks["heart"] = (yy - 42 * s - dy) ** 2 + (xx - 34 * s - dx) ** 2 < r**2
-        row = int(10 * s + dy)
-        masks["right_clavicle"][row : row + int(3 * s), int(8 * s) : int(28 * s)] = True
-        masks["left_clavicle"][row : row + int(3 * s), int(36 * s) : int(56 * s)] = True
-        img = np.full((size, size), 150.0)
-        img[masks["left_lung"] | masks["right_lung"]] = 70
-        img[masks["heart"]] = 200
-        img[masks["left_clavicle"] | masks["right_clavicle"]] = 235
-        img += rng.normal(0, 12, img.shape)
-        _png(root / "images" / f"{name}.png", img)
-        for n, m in masks.items():
-            _png(root / "masks" / n / f"{name}.png", m.astype(np.uint8) * 255)
-    return root
-
-
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def folders(tmp_path_factory, make_jsrt_like):
     base = tmp_path_factory.mktemp("jsrt_like")
     train = make_jsrt_like(base / "train", [f"TR{i:02d}" for i in range(6)], seed=1)
     test = make_jsrt_like(base / "test", [f"TE{i:02d}" for i in range(4)], seed=2)

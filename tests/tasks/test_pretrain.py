@@ -74,3 +74,28 @@ def test_moco_is_level_zero_without_pruning(xray_folder, tmp_path, tiny_pretrain
     meta = read_metadata(run)
     assert meta["method"] == "moco" and meta["levels_trained"] == [0]
     assert meta["config"]["moco"]["prune_threshold"] is None
+
+
+def test_collapsed_pruned_stage_stops_with_clear_error(xray_folder, tmp_path, tiny_pretrain_config):
+    """Threshold -1 prunes every negative (loss 0): the guard must stop the stage, not export."""
+    cfg = tiny_pretrain_config("adam")
+    cfg["moco"]["prune_threshold"] = -1.0
+    cfg["epochs"] = [1, 2]
+    cfg["guard"] = {"max_pruned_fraction": 0.99, "collapse_patience": 2}
+    with pytest.raises(MedfoundryError, match="collapsed"):
+        pretrain(cfg, [xray_folder], tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "stage0_level0" / "checkpoint" / "model.safetensors").is_file()
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_moco_with_an_adam_preset_trains_level_zero_for_the_total_epochs(
+    xray_folder, tmp_path, tiny_pretrain_config
+):
+    cfg = tiny_pretrain_config("adam")  # levels [0, 2], pruning 0.8
+    cfg["method"] = "moco"
+    cfg["epochs"] = [1, 2]
+    run = pretrain(cfg, [xray_folder], tmp_path / "moco", progress=False)
+    meta = read_metadata(run)
+    assert meta["levels_trained"] == [0] and meta["config"]["moco"]["prune_threshold"] is None
+    log = (run / "stage0_level0" / "logs" / "metrics.csv").read_text().splitlines()[1:]
+    assert {int(line.split(",")[0]) for line in log} == {0, 1, 2}  # 1 + 2 epochs

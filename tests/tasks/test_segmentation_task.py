@@ -8,7 +8,8 @@ import torch
 from medfoundry.errors import CheckpointError
 from medfoundry.nets import create_backbone
 from medfoundry.tasks.segmentation import build_segmenter, evaluate, predict
-from medfoundry.train.segment_module import SegmentationModule, warmup_cosine
+from medfoundry.train.schedules import warmup_cosine
+from medfoundry.train.segment_module import SegmentationModule
 from medfoundry.zoo import save_checkpoint
 
 BACKBONE = {"name": "resnet10", "in_channels": 1, "width": 0.125, "spatial_dims": 2}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medfoundry.errors import InputError
-from medfoundry.io.dicom import DICOM_EXTENSIONS
+from medfoundry.io.dicom import DICOM_EXTENSIONS, has_dicom_preamble
 from medfoundry.io.raster import RASTER_EXTENSIONS
 
 #: Lower-case suffixes that ``medfoundry.io.read_image`` reads.
@@ -35,13 +35,21 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _is_image_file(path: Path) -> bool:
+    """By extension; a file without one counts when it is DICOM (scanner exports often are)."""
+    if _is_image_name(path.name):
+        return True
+    return not path.name.startswith(".") and path.suffix == "" and has_dicom_preamble(path)
+
+
 def _no_images(folder: str | Path, why: str = "") -> InputError:
     prefix = f"{why}; " if why else ""
     return InputError(folder, f"{prefix}no image files found (looked for {_EXT_LIST})")
 
 
 def scan_images(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Sorted image files in ``folder`` (by extension, see ``IMAGE_EXTENSIONS``).
+    """Sorted image files in ``folder`` (by extension, see ``IMAGE_EXTENSIONS``, or DICOM
+    files without an extension).
 
     Hidden files and folders (names starting with ".") are skipped. Raises ``InputError`` when
     the folder does not exist, is not a folder, or holds no image files.
@@ -56,9 +64,9 @@ def scan_images(folder: str | Path, recursive: bool = True) -> list[Path]:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             base = Path(dirpath)
-            found.extend(base / f for f in filenames if _is_image_name(f))
+            found.extend(base / f for f in filenames if _is_image_file(base / f))
     else:
-        found = [p for p in root.iterdir() if _is_image_name(p.name)]
+        found = [p for p in root.iterdir() if p.is_file() and _is_image_file(p)]
     found = sorted(p for p in found if p.is_file())
     if not found:
         raise _no_images(folder)

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from medfoundry.data.normalize import XRAY_NORMALIZATION
 from medfoundry.data.segmentation import load_segmentation_set, structure_groups
 from medfoundry.errors import MedfoundryError
-from medfoundry.evaluate.report import markdown_table, mean_sd, plot_metric_vs_k
+from medfoundry.evaluate.report import markdown_table, plot_metric_vs_k
+from medfoundry.evaluate.summary import describe
 from medfoundry.nets import create_backbone
 from medfoundry.runtime import atomic_write_json, atomic_write_text, record_run
 from medfoundry.tasks.segmentation import evaluate, train_segmenter
@@ -217,9 +218,9 @@ def _summaries(
             if not reps:
                 continue
             summary[arm][str(k)] = {
-                s: mean_sd([r["dice_mean"][s] for r in reps]) for s in structures
+                s: describe([r["dice_mean"][s] for r in reps]) for s in structures
             }
-            summary[arm][str(k)]["mean"] = mean_sd(
+            summary[arm][str(k)]["mean"] = describe(
                 [float(np.mean([r["dice_mean"][s] for s in structures])) for r in reps]
             )
     return summary

@@ -13,20 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medfoundry.runtime import atomic_path
 
 Summary = Mapping[str, Mapping[Any, Mapping[str, Mapping[str, float]]]]
-
-
-def mean_sd(values: Sequence[float]) -> dict[str, float]:
-    """Mean, sample standard deviation (ddof=1; 0 for a single value) and count."""
-    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if arr.size == 0:
-        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
-    sd = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-    return {"mean": float(arr.mean()), "sd": sd, "n": int(arr.size)}
 
 
 def format_mean_sd(mean: float, sd: float, scale: float = 100.0, digits: int = 1) -> str:

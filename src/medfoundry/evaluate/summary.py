@@ -15,3 +15,10 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     if len(vals) < 2:
         return m, 0.0
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def describe(values: Sequence[float]) -> dict[str, float]:
+    """`mean_sd` as a JSON-friendly dict with the count of (non-NaN) values."""
+    vals = [v for v in values if v is not None and v == v]
+    m, sd = mean_sd(vals)
+    return {"mean": m, "sd": sd, "n": len(vals)}

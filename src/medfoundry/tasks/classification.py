@@ -12,7 +12,7 @@ from medfoundry.evaluate.classification_metrics import accuracy, roc_auc
 from medfoundry.nets import create_backbone
 from medfoundry.runtime import seed_everything
 from medfoundry.train.classify_module import ClassificationModule
-from medfoundry.train.engine import KeepBestWeights, make_trainer
+from medfoundry.train.engine import BestWeights, make_trainer
 from medfoundry.zoo import load_backbone
 
 
@@ -57,7 +57,7 @@ def train_classifier(
         TensorDataset(train_x, train_y), batch_size=batch, sampler=sampler, drop_last=True
     )
     val_loader = DataLoader(TensorDataset(val_x, val_y), batch_size=max(batch, 32))
-    keep = KeepBestWeights("val/score", mode="max")
+    keep = BestWeights("val/score", mode="max")
     trainer = make_trainer(
         None,
         max_steps=steps,

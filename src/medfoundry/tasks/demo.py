@@ -64,16 +64,23 @@ def _plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     arms = list(results)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    colors = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B2"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 0.6 * len(arms) + 1.6), sharey=True)
     for ax, metric in zip(axes, ("auc", "accuracy"), strict=True):
-        means = [mean_sd(results[a][metric])[0] for a in arms]
-        sds = [mean_sd(results[a][metric])[1] for a in arms]
-        ax.bar(
-            arms, means, yerr=sds, capsize=6, color=["#4C72B0", "#DD8452", "#55A868"][: len(arms)]
+        stats = [mean_sd(results[a][metric]) for a in arms]
+        ys = list(range(len(arms)))
+        ax.barh(
+            ys,
+            [m for m, _ in stats],
+            xerr=[sd for _, sd in stats],
+            capsize=5,
+            color=[colors[i % len(colors)] for i in ys],
         )
         for i, a in enumerate(arms):
-            ax.scatter([i] * len(results[a][metric]), results[a][metric], color="k", s=12, zorder=3)
-        ax.set_ylim(0.4, 1.0)
+            ax.scatter(results[a][metric], [i] * len(results[a][metric]), color="k", s=12, zorder=3)
+        ax.set_yticks(ys, arms)
+        ax.invert_yaxis()
+        ax.set_xlim(0.4, 1.0)
         ax.set_title(metric.upper() if metric == "auc" else "Accuracy")
     fig.suptitle("Pneumonia vs normal, few labels: pretrained vs scratch")
     fig.tight_layout()
@@ -117,7 +124,16 @@ def run_demo(
     )
     test_y = torch.tensor([it.label for it in split["test"]])
 
-    arms: dict[str, Path | None] = {"adam": pool_dir, "scratch": None}
+    # (checkpoint, linear probe): fine-tuning from Adam vs from scratch, and a linear probe on
+    # frozen Adam features vs on frozen random features (what the representation alone buys)
+    arms: dict[str, tuple[Path | None, bool]] = {
+        "adam fine-tune": (pool_dir, False),
+        "scratch": (None, False),
+        "adam linear probe": (pool_dir, True),
+        "random linear probe": (None, True),
+    }
+    if not ccfg.get("linear_probe_arms", True):
+        arms = {k: v for k, v in arms.items() if not v[1]}
     results: dict[str, dict[str, list[float]]] = {a: {"auc": [], "accuracy": []} for a in arms}
     loads: dict[str, str] = {}
     n_runs = len(arms) * int(ccfg["repeats"])
@@ -127,7 +143,7 @@ def run_demo(
         tr, va = sample_labeled(
             split["pool"], int(ccfg["labels_per_class"]), int(ccfg["val_per_class"]), seed + rep
         )
-        for arm, ckpt in arms.items():
+        for arm, (ckpt, linear) in arms.items():
             model, info = train_classifier(
                 pool_x[tr],
                 pool_y[tr],
@@ -137,6 +153,7 @@ def run_demo(
                 pretrained=ckpt,
                 cfg=ccfg,
                 seed=seed + rep,
+                linear_probe=linear,
                 progress=False,
             )
             loads[arm] = info["load"]

@@ -23,7 +23,7 @@ def backbone_setup(
     if pretrained is not None:
         meta = read_metadata(pretrained)
         size = int(cfg.get("image_size") or meta["input_size"])
-        return dict(meta["backbone"]), size, dict(meta["normalization"])
+        return dict(meta["backbone"]), size, dict(meta.get("normalization") or XRAY_NORMALIZATION)
     return dict(cfg["backbone"]), int(cfg.get("image_size") or 224), dict(XRAY_NORMALIZATION)
 
 

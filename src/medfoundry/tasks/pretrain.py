@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from medfoundry.data.normalize import XRAY_NORMALIZATION
@@ -23,6 +24,7 @@ from medfoundry.methods import build_method
 from medfoundry.nets import create_backbone
 from medfoundry.runtime import atomic_write_json, record_run, seed_everything
 from medfoundry.train.engine import make_trainer, resume_path
+from medfoundry.train.guards import PruningCollapseGuard
 from medfoundry.train.pretrain_module import PretrainModule
 from medfoundry.zoo import save_checkpoint
 
@@ -33,6 +35,8 @@ def _stage_epochs(cfg: dict[str, Any], n_stages: int) -> list[int]:
     epochs = cfg.get("epochs", 1)
     if isinstance(epochs, int):
         return [epochs] * n_stages
+    if cfg["method"] == "moco":  # an Adam preset's per-level list: same total compute
+        return [sum(int(e) for e in epochs)]
     if len(epochs) != n_stages:
         raise MedfoundryError(f"config: epochs has {len(epochs)} entries for {n_stages} levels")
     return [int(e) for e in epochs]
@@ -60,6 +64,20 @@ def _selected_ckpt(stage_dir: Path) -> Path:
     if last.is_file():
         return last
     raise MedfoundryError(f"{stage_dir}: no checkpoint to continue from")
+
+
+def _guards(cfg: dict[str, Any], level: int, stage_dir: Path) -> list[PruningCollapseGuard]:
+    """The collapse guard, on pruned stages only (`guard.collapse_patience: 0` turns it off)."""
+    guard = cfg.get("guard", {})
+    if level == 0 or cfg.get("moco", {}).get("prune_threshold") is None:
+        return []
+    return [
+        PruningCollapseGuard(
+            max_fraction=float(guard.get("max_pruned_fraction", 0.99)),
+            patience=int(guard.get("collapse_patience", 50)),
+            where=str(stage_dir),
+        )
+    ]
 
 
 def _load_module_weights(module: PretrainModule, ckpt: Path) -> None:
@@ -105,6 +123,8 @@ def pretrain(
     The exported backbone lands in `out_dir/checkpoint/` once every stage has finished.
     """
     out_dir = Path(out_dir)
+    if cfg["method"] == "moco":  # MoCo-v2 never prunes, whichever preset it borrows
+        cfg.setdefault("moco", {})["prune_threshold"] = None
     levels = stage_levels(cfg)
     epochs = _stage_epochs(cfg, len(levels))
     if not resume and out_dir.exists() and any(out_dir.glob("stage*/checkpoints/*.ckpt")):
@@ -176,6 +196,7 @@ def pretrain(
                 monitor="val/loss" if val_loader is not None else None,
                 log_every_n_steps=max(1, min(10, steps_per_epoch)),
                 mode="min",
+                callbacks=_guards(cfg, level, stage_dir),
             )
             start = time.time()
             trainer.fit(
@@ -194,7 +215,7 @@ def pretrain(
         prev_stage = stage_dir
     # the final stage's export is the run's checkpoint
     final = out_dir / FINAL_DIR
-    if prev_stage is not None:
+    if prev_stage is not None and rank_zero_only.rank == 0:  # one writer under DDP
         meta = checkpoint_metadata(cfg, backbone_cfg, levels, len(paths), [str(d) for d in data])
         _load_module_weights(
             PretrainModule(method, {**cfg["optim"], "batch_size": batch_size}, 1),

@@ -21,8 +21,8 @@ from medfoundry.evaluate.metrics import dice_score
 from medfoundry.nets import create_backbone
 from medfoundry.nets.unet import ResNetUNet
 from medfoundry.runtime import seed_everything
-from medfoundry.train.engine import make_trainer
-from medfoundry.train.segment_module import BestWeights, SegmentationModule
+from medfoundry.train.engine import BestWeights, make_trainer
+from medfoundry.train.segment_module import SegmentationModule
 from medfoundry.zoo import load_backbone
 
 TRAIN_DEFAULTS: dict[str, Any] = {

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medfoundry.evaluate.classification_metrics import accuracy, roc_auc
-from medfoundry.train.pretrain_module import cosine_lambda
+from medfoundry.train.schedules import cosine_lambda
 
 
 def intensity_shift_augment(

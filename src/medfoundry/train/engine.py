@@ -112,27 +112,31 @@ def resume_path(out_dir: str | Path) -> str | None:
     return str(last) if last.is_file() else None
 
 
-class KeepBestWeights(Callback):
-    """Keep an in-memory copy of the weights with the best monitored validation metric.
+class BestWeights(Callback):
+    """Keep an in-memory CPU copy of the weights at the best monitored validation value.
 
     Few-shot runs are short and many; restoring the best-by-validation weights at the end is the
-    model selection, without writing a checkpoint per run.
+    model selection, without writing a checkpoint per run. `history` lists (step, value).
     """
 
     def __init__(self, monitor: str, mode: str = "max") -> None:
         self.monitor = monitor
         self.mode = mode
         self.best_score: float | None = None
-        self.best_step: int = -1
+        self.best_step: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[tuple[int, float]] = []
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             return
         score = float(value)
         if score != score:  # NaN never wins
             return
+        self.history.append((int(trainer.global_step), score))
         better = (
             self.best_score is None
             or (self.mode == "max" and score > self.best_score)
@@ -141,9 +145,13 @@ class KeepBestWeights(Callback):
         if better:
             self.best_score = score
             self.best_step = int(trainer.global_step)
-            self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            self.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()
+            }
 
-    def restore(self, pl_module: L.LightningModule) -> None:
-        """Load the best weights back into the module (no-op if validation never ran)."""
-        if self.best_state is not None:
-            pl_module.load_state_dict(self.best_state)
+    def restore(self, module: torch.nn.Module) -> bool:
+        """Load the best weights back (False, and nothing changed, if validation never ran)."""
+        if self.best_state is None:
+            return False
+        module.load_state_dict(self.best_state)
+        return True

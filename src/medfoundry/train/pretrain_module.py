@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
-
-def cosine_lambda(total_steps: int, warmup_steps: int = 0, final_fraction: float = 0.0):
-    """LR multiplier: linear warm-up, then cosine decay to `final_fraction` of the peak."""
-
-    def fn(step: int) -> float:
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return fn
+from medfoundry.train.schedules import cosine_lambda
 
 
 class PretrainModule(L.LightningModule):

@@ -9,19 +9,18 @@ Validation logs `val/dice_mean` and `val/dice_<structure>` (threshold 0.5).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
 from monai.losses import DiceLoss
 from torch import nn
 
 from medfoundry.data.segmentation import augment_batch
 from medfoundry.evaluate.metrics import dice_score
+from medfoundry.train.schedules import warmup_cosine
 
 DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
@@ -32,14 +31,6 @@ DEFAULTS: dict[str, Any] = {
     "bce_weight": 1.0,
     "augment": {"max_shift": 0.1, "max_scale": 0.1, "max_rotate_deg": 10.0, "intensity": 0.2},
 }
-
-
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
-    """Learning-rate factor: linear warm-up to 1 over `warmup` steps, then cosine to `min_ratio`."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class SegmentationModule(L.LightningModule):
@@ -131,45 +122,3 @@ class SegmentationModule(L.LightningModule):
             opt, lambda step: warmup_cosine(step, warmup, total, min_ratio)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-class BestWeights(Callback):
-    """Keep a CPU copy of the model weights at the best validation `monitor` value.
-
-    After `trainer.fit`, call `restore(module)` to load them back (no-op when validation never
-    ran). `best_score` / `best_step` say when it happened.
-    """
-
-    def __init__(self, monitor: str = "val/dice_mean", mode: str = "max") -> None:
-        self.monitor = monitor
-        self.mode = mode
-        self.best_score: float | None = None
-        self.best_step: int | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.history: list[tuple[int, float]] = []
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            return
-        score = float(value)
-        self.history.append((int(trainer.global_step), score))
-        better = (
-            self.best_score is None
-            or (self.mode == "max" and score > self.best_score)
-            or (self.mode == "min" and score < self.best_score)
-        )
-        if better:
-            self.best_score = score
-            self.best_step = int(trainer.global_step)
-            self.best_state = {
-                k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()
-            }
-
-    def restore(self, module: nn.Module) -> bool:
-        if self.best_state is None:
-            return False
-        module.load_state_dict(self.best_state)
-        return True

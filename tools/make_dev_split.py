@@ -1,0 +1,61 @@
+"""Split a segmentation folder (images/<ID>.png, masks/<structure>/<ID>.png) into dev train/test.
+
+For development runs of `medfoundry benchmark jsrt-fewshot` when no held-out test folder is at
+hand: a seeded subset of the training pool becomes a *dev* test folder, the rest the training
+pool. The two output folders hold symbolic links to the source files, nothing is copied.
+Numbers measured on such a split are development numbers, not test results.
+
+    python tools/make_dev_split.py --source JSRT_DIR --out .data/jsrt_dev --test 40 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+
+def make_split(source: Path, out: Path, n_test: int, seed: int) -> tuple[int, int]:
+    """Link `n_test` seeded image ids (with their masks) into out/test, the rest into out/train."""
+    images = sorted(p for p in (source / "images").iterdir() if p.is_file())
+    if not images:
+        raise SystemExit(f"{source / 'images'}: no images")
+    if not 0 < n_test < len(images):
+        raise SystemExit(f"--test must be between 1 and {len(images) - 1}, got {n_test}")
+    ids = sorted(p.stem for p in images)
+    test = set(random.Random(seed).sample(ids, n_test))
+    structures = sorted(d.name for d in (source / "masks").iterdir() if d.is_dir())
+    for image in images:
+        part = out / ("test" if image.stem in test else "train")
+        files = [(image, part / "images" / image.name)]
+        for s in structures:
+            files += [
+                (m, part / "masks" / s / m.name)
+                for m in (source / "masks" / s).glob(f"{image.stem}.*")
+            ]
+        for src, dst in files:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.is_symlink() or dst.exists():
+                dst.unlink()
+            dst.symlink_to(src.resolve())
+    (out / "split.txt").write_text(
+        f"source: {source.name}\nseed: {seed}\ntest ids ({len(test)}): {' '.join(sorted(test))}\n"
+    )
+    return len(ids) - len(test), len(test)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--source", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--test", type=int, default=40, help="images held out as the dev test folder")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    n_train, n_test = make_split(args.source, args.out, args.test, args.seed)
+    print(f"{args.out}: train {n_train} images, test {n_test} images (dev split, seed {args.seed})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
