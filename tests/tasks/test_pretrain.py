@@ -99,3 +99,12 @@ def test_moco_with_an_adam_preset_trains_level_zero_for_the_total_epochs(
     assert meta["levels_trained"] == [0] and meta["config"]["moco"]["prune_threshold"] is None
     log = (run / "stage0_level0" / "logs" / "metrics.csv").read_text().splitlines()[1:]
     assert {int(line.split(",")[0]) for line in log} == {0, 1, 2}  # 1 + 2 epochs
+
+
+def test_pretraining_curves_are_plotted(xray_folder, tmp_path, tiny_pretrain_config):
+    from medfoundry.evaluate.curves import read_stage_log
+
+    run = pretrain(tiny_pretrain_config("adam"), [xray_folder], tmp_path / "run", progress=False)
+    assert (run / "curves.png").stat().st_size > 0
+    log = read_stage_log(run / "stage1_level2")
+    assert {"train/loss_step", "val/loss", "train/pruned_fraction_step"} <= set(log)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from medfoundry.data.normalize import XRAY_NORMALIZATION
 from medfoundry.data.pretrain import TensorImageDataset, collect_images, load_images
 from medfoundry.errors import MedfoundryError
+from medfoundry.evaluate.curves import plot_pretrain_curves
 from medfoundry.methods import build_method
 from medfoundry.nets import create_backbone
 from medfoundry.runtime import atomic_write_json, record_run, seed_everything
@@ -199,12 +200,16 @@ def pretrain(
                 callbacks=_guards(cfg, level, stage_dir),
             )
             start = time.time()
-            trainer.fit(
-                module,
-                train_dataloaders=train_loader,
-                val_dataloaders=val_loader,
-                ckpt_path=resume_path(stage_dir) if resume else None,
-            )
+            try:
+                trainer.fit(
+                    module,
+                    train_dataloaders=train_loader,
+                    val_dataloaders=val_loader,
+                    ckpt_path=resume_path(stage_dir) if resume else None,
+                )
+            finally:  # curves of every stage so far, also when a stage stops with an error
+                if trainer.is_global_zero:
+                    plot_pretrain_curves(out_dir)
             timings[f"stage{i}_level{level}"] = time.time() - start
             _load_module_weights(module, _selected_ckpt(stage_dir))
             if trainer.is_global_zero:

@@ -1,0 +1,74 @@
+"""Plot a pretraining run's curves (loss, similarities, pruned fraction) across its stages.
+
+One look at `curves.png` tells whether a run learned: the loss should fall, the positive cosine
+stay well above the negative one, and the pruned fraction stay far from 1 (collapse).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from medfoundry.runtime import atomic_save
+
+PANELS = (
+    ("loss", "InfoNCE / pruned loss"),
+    ("sims", "cosine: positive (solid) vs negatives (dashed)"),
+    ("pruned_fraction", "pruned fraction of negatives"),
+)
+
+
+def read_stage_log(stage_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Series from a stage's Lightning CSV log: metric name -> [(global step, value)]."""
+    path = stage_dir / "logs" / "metrics.csv"
+    series: dict[str, list[tuple[int, float]]] = {}
+    if not path.is_file():
+        return series
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(row.get("step") or 0)
+            for key, value in row.items():
+                if key in ("epoch", "step") or value in (None, ""):
+                    continue
+                series.setdefault(key, []).append((step, float(value)))
+    return series
+
+
+def plot_pretrain_curves(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
+    """Write `run_dir/curves.png` (or `out`); None when the run has no logs yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    stages = sorted(d for d in run_dir.glob("stage*") if d.is_dir())
+    logs = [(d.name, read_stage_log(d)) for d in stages]
+    logs = [(name, s) for name, s in logs if s]
+    if not logs:
+        return None
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.3))
+    offset = 0
+    for i, (name, s) in enumerate(logs):
+        color = f"C{i}"
+        shift = lambda pts, o=offset: ([o + p for p, _ in pts], [v for _, v in pts])  # noqa: E731
+        axes[0].plot(*shift(s.get("train/loss_step", [])), color=color, lw=0.8, label=name)
+        axes[0].plot(*shift(s.get("val/loss", [])), "o-", color=color, ms=3, lw=1.2)
+        axes[1].plot(*shift(s.get("train/pos_sim_step", [])), color=color, lw=0.8)
+        axes[1].plot(*shift(s.get("train/neg_sim_step", [])), "--", color=color, lw=0.8)
+        axes[2].plot(*shift(s.get("train/pruned_fraction_step", [])), color=color, lw=0.8)
+        steps = [p for series in s.values() for p, _ in series]
+        offset += max(steps, default=0) + 1
+    for ax, (_, title) in zip(axes, PANELS, strict=True):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training step (all stages)")
+        ax.grid(alpha=0.3)
+    axes[1].set_ylim(-1.05, 1.05)
+    axes[2].set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=7, title="stage (dots: validation)", title_fontsize=7)
+    fig.suptitle(run_dir.name, fontsize=10)
+    fig.tight_layout()
+    target = Path(out) if out is not None else run_dir / "curves.png"
+    atomic_save(target, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return target
