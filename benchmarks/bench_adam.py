@@ -18,77 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from bench_common import pick_devices, run_context, sync, time_training_steps
 
 from medfoundry.methods import build_method
 from medfoundry.methods.losses import pruner_loss_from_similarities, purposive_pruner_loss
 from medfoundry.nets.resnet import create_backbone
 
 SPEEDUP_GOAL = 10.0
-
-
-# --- memory -------------------------------------------------------------------------------
-def _proc_status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False when not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-class PeakMemory:
-    """Peak memory of the block: CUDA allocator peak, or process peak RSS on CPU (MiB)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mib: float | None = None
-        self.baseline_mib: float | None = None
-        self.note = ""
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.baseline_mib = torch.cuda.memory_allocated(self.device) / 2**20
-        else:
-            reset = _reset_peak_rss()
-            rss = _proc_status_kb("VmRSS")
-            self.baseline_mib = None if rss is None else rss / 1024
-            self.note = "peak RSS" if reset else "peak RSS since process start (reset failed)"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
-            self.note = "max_memory_allocated"
-        else:
-            hwm = _proc_status_kb("VmHWM")
-            self.peak_mib = None if hwm is None else hwm / 1024
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --- 1. training step -----------------------------------------------------------------------
@@ -116,30 +59,11 @@ def bench_step(
         opt.step()
         return float(out["loss"].detach())
 
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times, losses = [], []
-    with PeakMemory(device) as mem:
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            losses.append(step())  # .item()-like float() synchronises
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
     return {
         "backbone": backbone,
         "size": size,
         "batch": batch,
-        "device": device.type,
-        "steps": steps,
-        "step_s_median": med,
-        "step_s_min": min(times),
-        "images_per_s": batch / med,
-        "peak_mem_mib": mem.peak_mib,
-        "baseline_mem_mib": mem.baseline_mib,
-        "mem_kind": mem.note,
-        "loss_finite": all(torch.isfinite(torch.tensor(losses)).tolist()),
+        **time_training_steps(step, device, steps, warmup, batch),
     }
 
 
@@ -189,12 +113,12 @@ def clustered_embeddings(
 
 def _time(fn, device: torch.device, repeats: int) -> tuple[float, torch.Tensor]:
     out = fn()  # warm-up
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
 
@@ -277,26 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    devices = []
-    if args.device in ("cpu", "all"):
-        devices.append(torch.device("cpu"))
-    if args.device in ("cuda", "all") and torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
+    devices = pick_devices(args.device)
     if not devices:
-        print("no requested device is available", file=sys.stderr)
         return 1
 
     configs = [("resnet18", 128, 32), ("resnet50", 224, 16)]
     if args.quick:
         configs = [("resnet18", 128, 8), ("resnet50", 224, 4)]
     results: dict[str, Any] = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "loadavg_before": os.getloadavg(),
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "quick": args.quick,
+        **run_context(args.quick),
         "steps": [],
         "pruner_loss": [],
     }

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# Tests use tiny tensors: one intra-op thread is faster than two, and keeps the suite from
+# slowing down tenfold when other jobs share the cores (OpenMP threads spin-wait).
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -44,9 +49,22 @@ def tiny_pretrain_config():
 
 
 def _tiny_pretrain_config(method: str = "adam") -> dict:
-    """An Adam/MoCo config small enough for a test (seconds on 2 cores)."""
+    """An Adam/MoCo/MAE config small enough for a test (seconds on 2 cores)."""
     from medfoundry.config import apply_overrides, load_config
 
+    if method == "mae":
+        return apply_overrides(
+            load_config("mae"),
+            [
+                "backbone={name: swin, in_channels: 1, embed_dim: 8, depths: [1, 1, 1, 1], "
+                "num_heads: [1, 1, 2, 2], window_size: 2, patch_size: 4, drop_path: 0.0}",
+                "data={load_size: 64, val_fraction: 0.2, num_workers: 0}",
+                "epochs=2",
+                "optim.batch_size=4",
+                "optim.warmup_epochs=1",
+                "trainer={accelerator: cpu, devices: 1}",
+            ],
+        )
     return apply_overrides(
         load_config(method),
         [
@@ -106,3 +124,74 @@ def _make_jsrt_like(root: Path, ids: list[str], size: int = 64, seed: int = 0) -
 def make_jsrt_like():
     """Factory `(root, ids, size=64, seed=0) -> root` of toy JSRT-layout folders."""
     return _make_jsrt_like
+
+
+def _write_dicom_series(
+    folder: Path,
+    volume: np.ndarray,
+    *,
+    spacing: tuple[float, float, float] = (2.5, 0.7, 0.8),
+    modality: str = "CT",
+    series_uid: str | None = None,
+    origin: tuple[float, float, float] = (-50.0, -60.0, 100.0),
+    orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
+    rescale: bool = True,
+    positions: list[float] | None = None,
+    prefix: str = "",
+) -> list[Path]:
+    """Write ``volume`` (slices, rows, cols; HU for CT) as single-slice DICOM files.
+
+    Files are named in a shuffled order (and InstanceNumber shuffled) so readers must sort by
+    ImagePositionPatient. CT values are stored as HU + 1024 with Rescale Intercept -1024
+    (``rescale=False`` stores them without the rescale tags). ``positions`` overrides the
+    offsets along the slice normal (mm); default ``k * spacing[0]``.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid, frame_uid = generate_uid(), generate_uid()
+    sop_class = CTImageStorage if modality == "CT" else MRImageStorage
+    iop = np.asarray(orientation, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    offsets = positions if positions is not None else [k * spacing[0] for k in range(len(volume))]
+    order = np.random.default_rng(1).permutation(len(volume))
+    paths = []
+    for k, (slice_hu, offset) in enumerate(zip(volume, offsets, strict=True)):
+        stored = np.asarray(slice_hu) + (1024 if modality == "CT" and rescale else 0)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = sop_class
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = sop_class
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.FrameOfReferenceUID = frame_uid
+        ds.Modality = modality
+        ds.PatientID = "test"
+        ds.InstanceNumber = int(order[k]) + 1
+        ds.ImageOrientationPatient = [float(v) for v in iop]
+        ds.ImagePositionPatient = [float(v) for v in np.asarray(origin) + offset * normal]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[2])]
+        ds.SliceThickness = float(spacing[0])
+        ds.Rows, ds.Columns = stored.shape
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 1
+        if modality == "CT" and rescale:
+            ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = np.ascontiguousarray(stored, dtype=np.int16).tobytes()
+        path = folder / f"{prefix}{order[k]:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def write_dicom_series():
+    """Factory ``(folder, volume, **options) -> paths`` of single-slice DICOM series."""
+    return _write_dicom_series

@@ -42,7 +42,10 @@ def _devices(value: str) -> Any:
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="self-supervised pretraining on a folder of images")
     p.add_argument(
-        "--method", required=True, choices=["adam", "moco"], help="SSL method (config key: method)"
+        "--method",
+        required=True,
+        choices=["adam", "moco", "mae"],
+        help="SSL method (config key: method)",
     )
     p.add_argument("--data", required=True, nargs="+", type=Path, help="image folder(s) or files")
     p.add_argument("--out", required=True, type=Path, help="run folder")
@@ -127,6 +130,38 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--image-size", type=int, help="[image_size]")
     j.add_argument("--no-progress", action="store_true")
     j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _add_kermany_label_efficiency(bsub)
+
+
+def _add_kermany_label_efficiency(bsub: argparse._SubParsersAction) -> None:
+    """The `benchmark kermany-label-efficiency` subcommand: flags map to config keys."""
+    k = bsub.add_parser(
+        "kermany-label-efficiency",
+        help="pneumonia vs normal AUC/accuracy with 8, 16, 32 labels and 1/10/100%% of them, "
+        "fine-tuned and linear probe",
+    )
+    k.add_argument(
+        "--train-data", required=True, type=Path, help="training folder: NORMAL/ and PNEUMONIA/"
+    )
+    k.add_argument("--test-data", required=True, type=Path, help="test folder, same classes")
+    k.add_argument(
+        "--pretrained",
+        nargs="+",
+        required=True,
+        help="run folder(s)/checkpoint(s), or 'none' for scratch only",
+    )
+    k.add_argument("--out", required=True, type=Path)
+    k.add_argument(
+        "--config",
+        default="kermany_label_efficiency",
+        help="preset name or YAML (default kermany_label_efficiency; "
+        "kermany_label_efficiency_cpu for CPU)",
+    )
+    k.add_argument("--budgets", nargs="+", help="[budgets] image counts and/or percents (10%%)")
+    k.add_argument("--repeats", type=int, help="[repeats]")
+    k.add_argument("--image-size", type=int, help="[image_size]")
+    k.add_argument("--no-progress", action="store_true")
+    k.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -139,6 +174,44 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_prepare_2d(sub: argparse._SubParsersAction) -> None:
+    """The `prepare-2d` subcommand: flags map to `build_corpus_2d` arguments."""
+    p = sub.add_parser(
+        "prepare-2d",
+        help="turn 2D images and 3D volumes (CT windows, MR slices) into a 2D PNG corpus",
+        description="Scan the sources recursively and write size x size 8-bit PNGs, "
+        "manifest.csv and corpus.json to --out (rules: medfoundry.data.corpus2d).",
+    )
+    p.add_argument(
+        "--source",
+        required=True,
+        action="append",
+        type=Path,
+        help="folder (searched recursively) or file; repeat for several",
+    )
+    p.add_argument("--out", required=True, type=Path, help="corpus folder (new or empty)")
+    p.add_argument("--size", type=int, default=224, help="output side in pixels (default 224)")
+    p.add_argument(
+        "--ct-window",
+        nargs="+",
+        action="extend",
+        metavar="WINDOW",
+        help="CT windows, one PNG each: lung, soft_tissue, bone, wide (default), or "
+        "LEVEL,WIDTH in HU (write a negative level as --ct-window=-600,1500)",
+    )
+    p.add_argument(
+        "--axis", default="axial", choices=["axial", "coronal", "sagittal"], help="slice axis"
+    )
+    p.add_argument(
+        "--modality",
+        default="unknown",
+        help="modality of volumes without tags (NIfTI, NRRD); 'unknown' = CT when the "
+        "minimum is <= -500 HU, else MR-style percentile normalisation",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an old corpus in --out")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medfoundry", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(sub)
     _add_benchmark(sub)
     _add_demo(sub)
+    _add_prepare_2d(sub)
     return parser
 
 
@@ -190,6 +264,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
+    if args.benchmark == "kermany-label-efficiency":
+        cmd_kermany_label_efficiency(args)
+        return
     from medfoundry.evaluate.jsrt_fewshot import run_jsrt_fewshot
 
     cfg = load_config(args.config)
@@ -210,10 +287,49 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     print(f"results: {args.out / 'results.md'}")
 
 
+def cmd_kermany_label_efficiency(args: argparse.Namespace) -> None:
+    """Run (or resume) the Kermany label-efficiency benchmark into --out."""
+    from medfoundry.evaluate.kermany_label_efficiency import run_kermany_label_efficiency
+
+    cfg = load_config(args.config)
+    for dest in ("budgets", "repeats", "image_size"):
+        value = getattr(args, dest)
+        if value is not None:
+            set_dotted(cfg, dest, value)
+    cfg = apply_overrides(cfg, args.set)
+    pretrained = [None if p.lower() == "none" else p for p in args.pretrained]
+    run_kermany_label_efficiency(
+        args.train_data, args.test_data, pretrained, args.out, cfg, progress=not args.no_progress
+    )
+    print(f"results: {args.out / 'results.md'}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from medfoundry.tasks.demo import run_demo
 
     run_demo(args.out, quick=args.quick, progress=not args.no_progress, seed=args.seed)
+
+
+def cmd_prepare_2d(args: argparse.Namespace) -> None:
+    """Build a 2D corpus and print a one-line summary."""
+    from medfoundry.data.corpus2d import build_corpus_2d
+
+    summary = build_corpus_2d(
+        args.source,
+        args.out,
+        size=args.size,
+        ct_windows=args.ct_window or ("wide",),
+        axis=args.axis,
+        modality=args.modality,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    totals = summary["totals"]
+    skipped = ", ".join(f"{k} {v}" for k, v in totals["skipped"].items()) or "none"
+    print(
+        f"corpus: {args.out} ({summary['images']} images from {totals['inputs_2d']} 2D files "
+        f"and {totals['volumes']} volumes; skipped slices: {skipped}; {summary['seconds']} s)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "finetune": cmd_finetune,
         "benchmark": cmd_benchmark,
         "demo": cmd_demo,
+        "prepare-2d": cmd_prepare_2d,
     }
     try:
         handlers[args.command](args)

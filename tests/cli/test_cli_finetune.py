@@ -12,15 +12,27 @@ from medfoundry.nets import create_backbone
 from medfoundry.zoo import read_metadata, save_checkpoint
 
 BACKBONE = {"name": "resnet10", "in_channels": 1, "width": 0.125, "spatial_dims": 2}
+SWIN = {"name": "swin", "in_channels": 1, "embed_dim": 8, "depths": [1, 1, 1, 1]}
+SWIN |= {"num_heads": [1, 1, 2, 2], "window_size": 2, "patch_size": 4, "drop_path": 0.0}
 
 
-@pytest.fixture
-def checkpoint(tmp_path):
-    """A 'pretrained' run folder holding a random toy backbone at 64²."""
+@pytest.fixture(params=["adam-resnet", "mae-swin"])
+def checkpoint(tmp_path, request):
+    """A 'pretrained' run folder holding a random toy backbone at 64² (ResNet, or a Swin with
+    an MAE decoder)."""
     run = tmp_path / "run"
+    meta = {"in_channels": 1, "input_size": 64}
+    if request.param == "mae-swin":
+        from medfoundry.methods import build_method
+
+        mae = build_method("mae", create_backbone(**SWIN), decoder_depths=(1, 1, 1))
+        meta |= {"method": "mae", "backbone": mae.backbone.config, "decoder": mae.decoder.config}
+        save_checkpoint(run / "checkpoint", mae.export_backbone(), meta, mae.export_decoder())
+        return run
     bb = create_backbone(**BACKBONE)
-    meta = {"method": "adam", "backbone": bb.config, "in_channels": 1, "input_size": 64}
-    save_checkpoint(run / "checkpoint", bb.state_dict(), meta)
+    save_checkpoint(
+        run / "checkpoint", bb.state_dict(), {**meta, "method": "adam", "backbone": bb.config}
+    )
     return run
 
 

@@ -230,6 +230,9 @@ def test_real_data_layouts():
 
 def test_scan_images_finds_extensionless_dicom_only(tmp_path):
     (tmp_path / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    (tmp_path / "CT.1.3.12.2.16573").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
     (tmp_path / "README").write_text("not an image, no extension")
+    (tmp_path / "notes.1").write_text("numeric suffix, not DICOM")
     (tmp_path / "a.png").write_bytes(b"")
-    assert [p.name for p in scan_images(tmp_path)] == ["IM0001", "a.png"]
+    names = [p.name for p in scan_images(tmp_path)]
+    assert names == ["CT.1.3.12.2.16573", "IM0001", "a.png"]

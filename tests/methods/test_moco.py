@@ -11,16 +11,6 @@ from medfoundry.nets.resnet import create_backbone
 from medfoundry.pretext import AnatomyAugment
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine two
-    OpenMP threads competing with another process slow these tests down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(method: str = "adam", **kwargs) -> MoCo:
     torch.manual_seed(0)
     settings = {"proj_hidden": 32, "proj_dim": 16, "queue_size": 64, "out_size": 32}

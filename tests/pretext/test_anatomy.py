@@ -11,16 +11,6 @@ from medfoundry.pretext import AnatomyAugment, decompose_views
 NO_INTENSITY = {"jitter_p": 0.0, "blur_p": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine two
-    OpenMP threads competing with another process slow these tests down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def grid_image(n: int, size: int = 64, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(batch, 1, size, size) images whose n x n cells have distinct constant values."""
     values = torch.linspace(-1.5, 1.5, n * n).reshape(n, n)

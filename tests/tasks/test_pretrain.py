@@ -108,3 +108,69 @@ def test_pretraining_curves_are_plotted(xray_folder, tmp_path, tiny_pretrain_con
     assert (run / "curves.png").stat().st_size > 0
     log = read_stage_log(run / "stage1_level2")
     assert {"train/loss_step", "val/loss", "train/pruned_fraction_step"} <= set(log)
+
+
+def test_mae_pretrains_and_exports_encoder_and_decoder(xray_folder, tmp_path, tiny_pretrain_config):
+    from medfoundry.nets.swin_decoder import SwinDecoder
+    from medfoundry.zoo import has_decoder, load_decoder
+
+    run = pretrain(tiny_pretrain_config("mae"), [xray_folder], tmp_path / "run", progress=False)
+    meta = read_metadata(run)
+    assert meta["method"] == "mae" and meta["input_size"] == 64 and meta["patch_size"] == 4
+    assert meta["mae"]["mask_ratio"] == 0.75 and has_decoder(run)
+    assert not (run / "stage1_level0").exists()  # one stage, no anatomy levels
+    torch.manual_seed(0)
+    backbone = create_backbone(**meta["backbone"])
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    report = load_backbone(run, backbone)
+    assert report.loaded == report.total_model
+    assert any(not torch.equal(v, before[k]) for k, v in backbone.state_dict().items())
+    decoder = SwinDecoder(**meta["decoder"])
+    dec_report = load_decoder(run, decoder)
+    assert dec_report.loaded == dec_report.total_model and dec_report.part == "decoder"
+    log = (run / "stage0_level0" / "logs" / "metrics.csv").read_text()
+    assert "train/masked_fraction_step" in log and "val/loss" in log
+    assert (run / "reconstructions.png").stat().st_size > 0 and (run / "curves.png").is_file()
+
+
+def test_mae_optimiser_skips_decay_on_norms_and_mask_token(tiny_pretrain_config):
+    from medfoundry.tasks.pretrain import _build
+    from medfoundry.train.pretrain_module import PretrainModule
+
+    cfg = tiny_pretrain_config("mae")
+    method = _build(cfg, 0)
+    module = PretrainModule(method, {**cfg["optim"], "warmup_steps": 2}, total_steps=10)
+    opt = module.configure_optimizers()["optimizer"]
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.95)
+    no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert id(method.mask_token) in no_decay
+    assert all(id(p) in no_decay for n, p in method.named_parameters() if n.endswith("bias"))
+    decayed = [g for g in opt.param_groups if g["weight_decay"] == 0.05]
+    assert decayed and all(p.ndim >= 2 for p in decayed[0]["params"])
+
+
+def test_mae_needs_a_swin_backbone(tiny_pretrain_config):
+    from medfoundry.tasks.pretrain import _build
+
+    cfg = tiny_pretrain_config("mae")
+    cfg["backbone"] = {"name": "resnet10", "width": 0.125, "in_channels": 1}
+    with pytest.raises(ValueError, match="Swin backbone"):
+        _build(cfg, 0)
+
+
+@pytest.mark.slow
+def test_mae_trains_data_parallel_on_two_cpu_ranks(xray_folder, tmp_path, tiny_pretrain_config):
+    """Two gloo ranks under Lightning DDP: each rank sees half the batches; one export."""
+    cfg = tiny_pretrain_config("mae")
+    cfg["epochs"] = 1
+    single = pretrain(cfg, [xray_folder], tmp_path / "one", progress=False)
+    cfg["trainer"] = {"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}
+    double = pretrain(cfg, [xray_folder], tmp_path / "two", progress=False)
+
+    def steps(run):
+        last = run / "stage0_level0" / "checkpoints" / "last.ckpt"
+        return torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+
+    assert steps(single) >= 2 and steps(double) * 2 == steps(single)
+    backbone = create_backbone(**read_metadata(double)["backbone"])
+    assert load_backbone(double, backbone).loaded == len(backbone.state_dict())

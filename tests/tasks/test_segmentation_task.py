@@ -62,3 +62,65 @@ def test_optimizer_groups_and_schedule():
     assert warmup_cosine(10, 10, 100) == pytest.approx(1.0)
     assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
     assert warmup_cosine(100, 10, 100, min_ratio=0.1) == pytest.approx(0.1)
+
+
+SWIN = {
+    "name": "swin",
+    "in_channels": 1,
+    "embed_dim": 8,
+    "depths": [1, 1, 1, 1],
+    "num_heads": [1, 1, 2, 2],
+    "window_size": 2,
+    "patch_size": 4,
+    "drop_path": 0.0,
+}
+
+
+def _mae_checkpoint(folder):
+    from medfoundry.methods import build_method
+
+    mae = build_method("mae", create_backbone(**SWIN), decoder_depths=(1, 1, 1))
+    meta = {
+        "method": "mae",
+        "backbone": mae.backbone.config,
+        "input_size": 64,
+        "decoder": mae.decoder.config,
+    }
+    save_checkpoint(folder, mae.export_backbone(), meta, decoder=mae.export_decoder())
+    return mae
+
+
+def test_swin_encoder_gets_a_swin_unet_with_the_mae_decoder(tmp_path):
+    from medfoundry.nets.swin_unet import SwinUNet
+
+    mae = _mae_checkpoint(tmp_path / "mae")
+    model, info = build_segmenter(SWIN, 3, tmp_path / "mae")
+    assert isinstance(model, SwinUNet)
+    assert info["loaded_tensors"] == info["backbone_tensors"]
+    assert "decoder tensors" in info["decoder_load_report"]
+    # the decoder's Swin stages come from pretraining; skip fusions and the 3-class head do not
+    key = "layers_up.0.blocks.0.attn.qkv.weight"
+    assert torch.equal(model.decoder.state_dict()[key], mae.decoder.state_dict()[key])
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 3, 64, 64)
+    scratch, scratch_info = build_segmenter(SWIN, 3, None)
+    assert isinstance(scratch, SwinUNet) and scratch_info == {}
+
+
+def test_benchmark_gives_each_network_its_own_scratch_arm(tmp_path):
+    from medfoundry.evaluate.jsrt_fewshot import DEFAULT_CONFIG, resolve_arms
+
+    bb = create_backbone(**BACKBONE)
+    save_checkpoint(
+        tmp_path / "adam",
+        bb.state_dict(),
+        {"backbone": bb.config, "method": "adam", "input_size": 64},
+    )
+    _mae_checkpoint(tmp_path / "mae")
+    arms = resolve_arms([tmp_path / "adam", tmp_path / "mae"], dict(DEFAULT_CONFIG))
+    names = [a["name"] for a in arms]
+    assert names == ["adam-adam", "mae-mae", "scratch", "scratch-swin"]
+    assert arms[2]["backbone"]["name"] == "resnet10" and arms[3]["backbone"] == arms[1]["backbone"]
+    assert [a["name"] for a in resolve_arms([tmp_path / "adam"], dict(DEFAULT_CONFIG))] == [
+        "adam-adam",
+        "scratch",
+    ]

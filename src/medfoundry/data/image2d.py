@@ -46,7 +46,7 @@ def load_2d(
     normalization: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Read a 2D image file into a normalised float32 tensor (channels, H, W)."""
-    image = read_image(path)
+    image = read_image(path, ndim=2)
     array = image.array
     if array.ndim != 3:
         raise InputError(path, f"expected a 2D image, got an array of shape {array.shape[1:]}")

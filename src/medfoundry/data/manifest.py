@@ -36,10 +36,12 @@ def _is_image_name(name: str) -> bool:
 
 
 def _is_image_file(path: Path) -> bool:
-    """By extension; a file without one counts when it is DICOM (scanner exports often are)."""
+    """By extension; a file without one, or named by a DICOM UID (``CT.1.3.12.2.16573``: a
+    numeric "suffix"), counts when it is DICOM (scanner exports often are)."""
     if _is_image_name(path.name):
         return True
-    return not path.name.startswith(".") and path.suffix == "" and has_dicom_preamble(path)
+    uid_like = path.suffix == "" or path.suffix[1:].isdigit()
+    return not path.name.startswith(".") and uid_like and has_dicom_preamble(path)
 
 
 def _no_images(folder: str | Path, why: str = "") -> InputError:

@@ -32,3 +32,58 @@ def normalize(array: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     if name == "none":
         return array
     raise ValueError(f"unknown normalisation {name!r}")
+
+
+# CT windows as (level, width) in HU. "wide" spans -1000..1000 HU: air to dense bone in one
+# image, the default of `prepare-2d` because it loses the least.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "soft_tissue": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "wide": (0.0, 2000.0),
+}
+
+
+def parse_ct_window(text: str) -> tuple[str, float, float]:
+    """A window preset name or "L,W" (level, width in HU) as (name, level, width).
+
+    A custom window is named like ``L-600W1500`` (safe in file names).
+    """
+    key = text.strip().lower()
+    if key in CT_WINDOWS:
+        level, width = CT_WINDOWS[key]
+        return key, level, width
+    parts = key.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        level, width = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ValueError(
+            f"unknown CT window {text!r}: use one of {', '.join(CT_WINDOWS)} or 'LEVEL,WIDTH'"
+        ) from None
+    if not (np.isfinite(level) and np.isfinite(width) and width > 0):
+        raise ValueError(f"CT window {text!r}: level must be finite and width > 0")
+    return f"L{level:g}W{width:g}", level, width
+
+
+def window_to_unit(array: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Map HU to [0, 1] through the window (level, width): below it 0, above it 1."""
+    low = level - width / 2.0
+    return np.clip((np.asarray(array, dtype=np.float32) - low) / width, 0.0, 1.0)
+
+
+def percentile_bounds(
+    array: np.ndarray, lower: float = 0.5, upper: float = 99.5, max_samples: int = 4_000_000
+) -> tuple[float, float]:
+    """The (lower, upper) percentiles of an array, from at most ``max_samples`` strided values."""
+    flat = np.asarray(array).reshape(-1)
+    step = max(1, flat.size // max_samples)
+    lo, hi = np.percentile(flat[::step], [lower, upper])
+    return float(lo), float(hi)
+
+
+def range_to_unit(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map [low, high] linearly to [0, 1], clipping outside (all zeros when high <= low)."""
+    scale = 1.0 / (high - low) if high > low else 0.0
+    return np.clip((np.asarray(array, dtype=np.float32) - low) * scale, 0.0, 1.0)

@@ -85,7 +85,7 @@ def load_segmentation_set(
     images = torch.empty((n, channels, *hw), dtype=torch.float32)
     masks = torch.zeros((n, len(groups), *hw), dtype=torch.uint8)
     for i, item in enumerate(items):
-        image = read_image(item.image)
+        image = read_image(item.image, ndim=2)
         array = image.array
         if array.ndim != 3:
             raise InputError(item.image, f"expected a 2D image, got shape {array.shape[1:]}")
@@ -104,7 +104,7 @@ def load_segmentation_set(
                         f"no {member!r} mask for structure {name!r} "
                         f"(masks found: {sorted(item.masks)})",
                     )
-                m = read_image(path).array
+                m = read_image(path, ndim=2).array
                 if m.ndim != 3 or tuple(m.shape[1:]) != image_hw:
                     raise InputError(
                         path,

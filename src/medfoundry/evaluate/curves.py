@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from medfoundry.runtime import atomic_save
 
 PANELS = (
-    ("loss", "InfoNCE / pruned loss"),
+    ("loss", "loss (dots: validation)"),
     ("sims", "cosine: positive (solid) vs negatives (dashed)"),
     ("pruned_fraction", "pruned fraction of negatives"),
+)
+MAE_PANELS = (
+    ("loss", "MSE on masked pixels (dots: validation)"),
+    ("visible", "MSE on visible pixels"),
 )
 
 
@@ -47,28 +54,69 @@ def plot_pretrain_curves(run_dir: str | Path, out: str | Path | None = None) -> 
     logs = [(name, s) for name, s in logs if s]
     if not logs:
         return None
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.3))
+    mae = any("train/visible_mse_step" in s for _, s in logs)
+    panels = MAE_PANELS if mae else PANELS
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3))
     offset = 0
     for i, (name, s) in enumerate(logs):
         color = f"C{i}"
         shift = lambda pts, o=offset: ([o + p for p, _ in pts], [v for _, v in pts])  # noqa: E731
         axes[0].plot(*shift(s.get("train/loss_step", [])), color=color, lw=0.8, label=name)
         axes[0].plot(*shift(s.get("val/loss", [])), "o-", color=color, ms=3, lw=1.2)
-        axes[1].plot(*shift(s.get("train/pos_sim_step", [])), color=color, lw=0.8)
-        axes[1].plot(*shift(s.get("train/neg_sim_step", [])), "--", color=color, lw=0.8)
-        axes[2].plot(*shift(s.get("train/pruned_fraction_step", [])), color=color, lw=0.8)
+        if mae:
+            axes[1].plot(*shift(s.get("train/visible_mse_step", [])), color=color, lw=0.8)
+        else:
+            axes[1].plot(*shift(s.get("train/pos_sim_step", [])), color=color, lw=0.8)
+            axes[1].plot(*shift(s.get("train/neg_sim_step", [])), "--", color=color, lw=0.8)
+            axes[2].plot(*shift(s.get("train/pruned_fraction_step", [])), color=color, lw=0.8)
         steps = [p for series in s.values() for p, _ in series]
         offset += max(steps, default=0) + 1
-    for ax, (_, title) in zip(axes, PANELS, strict=True):
+    for ax, (_, title) in zip(axes, panels, strict=True):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("training step (all stages)")
         ax.grid(alpha=0.3)
-    axes[1].set_ylim(-1.05, 1.05)
-    axes[2].set_ylim(-0.02, 1.02)
-    axes[0].legend(fontsize=7, title="stage (dots: validation)", title_fontsize=7)
+    if not mae:
+        axes[1].set_ylim(-1.05, 1.05)
+        axes[2].set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=7, title="stage", title_fontsize=7)
     fig.suptitle(run_dir.name, fontsize=10)
     fig.tight_layout()
     target = Path(out) if out is not None else run_dir / "curves.png"
     atomic_save(target, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return target
+
+
+def plot_reconstructions(
+    images: Any, masked: Any, recon: Any, out: str | Path, title: str = ""
+) -> Path:
+    """Rows of (image, masked input, reconstruction) for an MAE run: what it learned to fill in.
+
+    `images`, `masked`, `recon`: (N, C, H, W) tensors or arrays; the first channel is shown,
+    all three panels of a row on the image's own grey scale.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(6.6, 2.2 * n), squeeze=False)
+    for r in range(n):
+        img = np.asarray(images[r][0], dtype=np.float32)
+        lo, hi = float(img.min()), float(img.max())
+        panels = (img, np.asarray(masked[r][0]), np.asarray(recon[r][0]))
+        for c, (panel, name) in enumerate(
+            zip(panels, ("image", "masked", "reconstruction"), strict=True)
+        ):
+            axes[r][c].imshow(panel, cmap="gray", vmin=lo, vmax=hi)
+            axes[r][c].set_axis_off()
+            if r == 0:
+                axes[r][c].set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    target = Path(out)
+    atomic_save(target, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return target

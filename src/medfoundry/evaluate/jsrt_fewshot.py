@@ -15,8 +15,6 @@ reports), `results.md` (mean ± sd table), `results.png` (Dice vs k). While runn
 from __future__ import annotations
 
 import copy
-import json
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,18 +24,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medfoundry.data.normalize import XRAY_NORMALIZATION
 from medfoundry.data.segmentation import load_segmentation_set, structure_groups
 from medfoundry.errors import MedfoundryError
+from medfoundry.evaluate import resume
+from medfoundry.evaluate.arms import arm_info, arm_table_row, load_reports
+from medfoundry.evaluate.arms import data_key as _data_key
+from medfoundry.evaluate.arms import resolve_arms as _resolve_arms
+from medfoundry.evaluate.arms import slug as _slug
 from medfoundry.evaluate.report import markdown_table, plot_metric_vs_k
+from medfoundry.evaluate.resume import PARTIAL, RESULTS, load_state, write_final
 from medfoundry.evaluate.summary import describe
-from medfoundry.nets import create_backbone
-from medfoundry.runtime import atomic_write_json, atomic_write_text, record_run
+from medfoundry.runtime import atomic_write_text, record_run
 from medfoundry.tasks.segmentation import evaluate, train_segmenter
-from medfoundry.zoo import load_backbone, read_metadata
 
-RESULTS = "results.json"
-PARTIAL = "results.partial.json"
+__all__ = ["PARTIAL", "RESULTS", "resolve_arms", "run_jsrt_fewshot", "split_ids"]
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "shots": [3, 6, 12, 24],
@@ -87,90 +87,11 @@ def run_seed(config: dict[str, Any], k: int, repeat: int) -> int:
     return int(config["base_seed"]) + 1000 * int(repeat) + int(k)
 
 
-def _checkpoint_label(path: Path) -> str:
-    """A readable folder name for a checkpoint path (skip `checkpoint/` and the weights file)."""
-    p = path.resolve() if path.exists() else path
-    if p.is_file():
-        p = p.parent
-    if p.name == "checkpoint" and p.parent.name:
-        p = p.parent
-    return p.name or str(path)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "arm"
-
-
-def _data_key(arm: dict[str, Any]) -> str:
-    return json.dumps(
-        [arm["image_size"], arm["normalization"], arm["backbone"]["in_channels"]], sort_keys=True
-    )
-
-
 def resolve_arms(
     pretrained: Sequence[str | Path | None], config: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """The benchmark's arms: one per checkpoint (method + folder name), then "scratch".
-
-    The scratch arm copies the network, input size and normalisation of the first checkpoint
-    (or uses config["backbone"] / default_image_size / the X-ray normalisation without one).
-    `config["image_size"]` (when set) overrides every arm's input size.
-    """
-    arms: list[dict[str, Any]] = []
-    names: set[str] = {"scratch"}
-    for p in pretrained:
-        if p is None or str(p).strip().lower() in ("", "none", "scratch"):
-            continue
-        meta = read_metadata(p)
-        if "backbone" not in meta:
-            raise MedfoundryError(f"{p}: checkpoint metadata has no 'backbone' entry")
-        base = f"{meta.get('method', 'pretrained')}-{_checkpoint_label(Path(p))}"
-        name, i = base, 2
-        while name in names:
-            name, i = f"{base}-{i}", i + 1
-        names.add(name)
-        backbone = {
-            "name": meta["backbone"]["name"],
-            "in_channels": int(meta["backbone"].get("in_channels", 1)),
-            "width": float(meta["backbone"].get("width", 1.0)),
-            "spatial_dims": int(meta["backbone"].get("spatial_dims", 2)),
-        }
-        arms.append(
-            {
-                "name": name,
-                "checkpoint": str(p),
-                "method": meta.get("method"),
-                "backbone": backbone,
-                "image_size": int(
-                    config["image_size"] or meta.get("input_size") or config["default_image_size"]
-                ),
-                "normalization": meta.get("normalization")
-                or config["normalization"]
-                or XRAY_NORMALIZATION,
-            }
-        )
-    if arms:
-        first = arms[0]
-        scratch = {k: copy.deepcopy(first[k]) for k in ("backbone", "image_size", "normalization")}
-    else:
-        scratch = {
-            "backbone": {
-                "name": "resnet50",
-                "in_channels": 1,
-                "width": 1.0,
-                "spatial_dims": 2,
-                **dict(config["backbone"]),
-            },
-            "image_size": int(config["image_size"] or config["default_image_size"]),
-            "normalization": config["normalization"] or XRAY_NORMALIZATION,
-        }
-    arms.append({"name": "scratch", "checkpoint": None, "method": "scratch", **scratch})
-    for arm in arms:
-        if int(arm["backbone"]["spatial_dims"]) != 2:
-            raise MedfoundryError(f"arm {arm['name']}: JSRT is 2D; backbone is 3D")
-        if arm["image_size"] % 32:
-            raise MedfoundryError(f"arm {arm['name']}: image_size {arm['image_size']} % 32 != 0")
-    return arms
+    """The benchmark's arms (`medfoundry.evaluate.arms.resolve_arms`, named "JSRT" in errors)."""
+    return _resolve_arms(pretrained, config, benchmark="JSRT")
 
 
 def _items(data: Any, members: list[str]) -> list[Any]:
@@ -181,29 +102,8 @@ def _items(data: Any, members: list[str]) -> list[Any]:
     return list(data)
 
 
-def _protocol(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in _RESUME_FREE}
-
-
 def _load_state(out_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
-    for name in (PARTIAL, RESULTS):
-        path = out_dir / name
-        if not path.is_file():
-            continue
-        try:
-            state = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            continue
-        old = json.loads(json.dumps(_protocol(state.get("config", {}))))
-        new = json.loads(json.dumps(_protocol(config)))
-        if old != new:
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise MedfoundryError(
-                f"{path}: results of a different configuration (differs in {diff}); "
-                "use another output folder or remove the old results"
-            )
-        return state
-    return {}
+    return load_state(out_dir, config, _RESUME_FREE)
 
 
 def _summaries(
@@ -245,12 +145,7 @@ def _markdown(state: dict[str, Any], arms: list[dict[str, Any]]) -> str:
     ]
     for a in arms:
         info = state["arms"][a["name"]]
-        bb = info["backbone"]
-        lines.append(
-            f"| {a['name']} | {info['checkpoint'] or '–'} | {bb['name']} ×{bb['width']} "
-            f"({bb['in_channels']} ch) | {info['image_size']}² | "
-            f"{info.get('load_report') or '–'} | {info.get('lr')} |"
-        )
+        lines.append(arm_table_row(a["name"], info, str(info.get("lr"))))
     if not state.get("complete"):
         lines += ["", "**Incomplete**: some runs have not finished yet."]
     return "\n".join(lines) + "\n"
@@ -281,12 +176,7 @@ def run_jsrt_fewshot(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     arms = resolve_arms(pretrained, cfg)
-    # Fail early on a checkpoint that does not fit its network.
-    load_reports: dict[str, str] = {}
-    for arm in arms:
-        if arm["checkpoint"] is not None:
-            report = load_backbone(arm["checkpoint"], create_backbone(**arm["backbone"]))
-            load_reports[arm["name"]] = report.summary()
+    reports = load_reports(arms)  # fails early on a checkpoint that does not fit its network
 
     train_items = _items(train_data, members)
     test_items = _items(test_data, members)
@@ -402,7 +292,7 @@ def run_jsrt_fewshot(
 
     def write_partial() -> None:
         state["summary"] = _summaries(state["runs"], structures, cfg["shots"], cfg["repeats"])
-        atomic_write_json(out_dir / PARTIAL, state)
+        resume.write_partial(out_dir, state)
 
     inner = bool(progress and cfg.get("inner_progress"))
     device = "cpu" if str(cfg.get("accelerator")) == "cpu" else None
@@ -411,14 +301,7 @@ def run_jsrt_fewshot(
         total=len(jobs), initial=len(jobs) - len(todo), desc="jsrt few-shot", disable=not progress
     )
     for arm in arms:
-        info_arm = {
-            "checkpoint": arm["checkpoint"],
-            "method": arm["method"],
-            "backbone": arm["backbone"],
-            "image_size": arm["image_size"],
-            "normalization": arm["normalization"],
-            "load_report": load_reports.get(arm["name"]),
-        }
+        info_arm = arm_info(arm, reports.get(arm["name"]))
         state["arms"].setdefault(arm["name"], {}).update(info_arm)
     for job in jobs:
         kind, arm, k, r, lr = job
@@ -487,7 +370,7 @@ def run_jsrt_fewshot(
         state["arms"][arm["name"]]["lr"] = chosen_lr(arm)
     state["summary"] = _summaries(state["runs"], structures, cfg["shots"], cfg["repeats"])
     state["complete"] = all(is_done(j) for j in jobs)
-    atomic_write_json(out_dir / RESULTS, state)
+    write_final(out_dir, state)
     atomic_write_text(out_dir / "results.md", _markdown(state, arms))
     plot_metric_vs_k(
         {a["name"]: state["summary"].get(a["name"], {}) for a in arms},
@@ -497,7 +380,4 @@ def run_jsrt_fewshot(
         metric="Dice",
         title="JSRT few-shot segmentation (test Dice, mean ± sd over repeats)",
     )
-    partial = out_dir / PARTIAL
-    if partial.exists():
-        partial.unlink()
     return state

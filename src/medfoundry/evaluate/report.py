@@ -102,10 +102,18 @@ def plot_metric_vs_k(
         ax.grid(alpha=0.3)
     if arms:
         axes[0].legend(fontsize="small")
+    return save_figure(fig, out_path, title)
+
+
+def save_figure(fig: Any, out_path: str | Path, title: str = "") -> Path:
+    """Title, tight layout, atomic PNG write, and close (figures pile up in long benchmarks)."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, format="png")
+    plt.close(fig)
     return out_path

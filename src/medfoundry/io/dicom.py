@@ -21,8 +21,10 @@ Spacing comes from Pixel Spacing, else Imager Pixel Spacing (detector plane, not
 magnification), else (1.0, 1.0) with ``meta["spacing_known"] = False``. ``meta`` records every
 step that was applied (``modality_lut``, ``voi``, ``inverted``, ``value_range``, ...).
 
-Multi-frame files (NumberOfFrames > 1) and files without pixel data are refused with an
-``InputError``; DICOM series and 3D volumes are a job for a volume reader.
+Multi-frame files (NumberOfFrames > 1), files without pixel data, and CT images without
+Rescale Slope/Intercept (or a Modality LUT Sequence; the CT Image module requires them, and
+without them the values are not Hounsfield units) are refused with an ``InputError``. A series
+of single-slice files is read as a volume by ``medfoundry.io.dicom_series``.
 """
 
 from __future__ import annotations
@@ -68,9 +70,9 @@ def normalize_modality(value: Any) -> str:
     return "XR" if text in RADIOGRAPH_MODALITIES else text
 
 
-def _read_dataset(path: Path) -> pydicom.Dataset:
+def _read_dataset(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
     try:
-        return pydicom.dcmread(path)
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as e:
         if path.suffix.lower() not in DICOM_EXTENSIONS:
             raise InputError(path, f"not a DICOM file: {e}") from e
@@ -80,8 +82,9 @@ def _read_dataset(path: Path) -> pydicom.Dataset:
 
     # A .dcm file without the 'DICM' header (old ACR-NEMA style): try a forced read.
     try:
-        ds = pydicom.dcmread(path, force=True)
-        if not any(k in ds for k in _PIXEL_KEYWORDS) or "Rows" not in ds:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+        has_pixels = stop_before_pixels or any(k in ds for k in _PIXEL_KEYWORDS)
+        if not has_pixels or "Rows" not in ds:
             raise ValueError("no image elements found")
     except Exception as e:
         raise InputError(path, f"not a DICOM file: {first_error}") from e
@@ -196,11 +199,32 @@ def _apply_voi(
     return arr, None
 
 
+def read_dicom_dataset(path: str | Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
+    """The pydicom dataset of a file (tags only when ``stop_before_pixels``), or an InputError."""
+    return _read_dataset(Path(path), stop_before_pixels=stop_before_pixels)
+
+
 def read_dicom(path: str | Path) -> ImageData:
     """Read a single-frame DICOM image into an ``ImageData`` (see the module docstring)."""
-    p = Path(path)
-    ds = _read_dataset(p)
+    return dataset_to_image(_read_dataset(Path(path)), path)
 
+
+def _check_ct_rescale(ds: pydicom.Dataset, path: Path) -> None:
+    """Refuse a CT image without a modality LUT: its values could not be trusted as HU."""
+    if ds.get("ModalityLUTSequence"):
+        return
+    missing = [k for k in ("RescaleSlope", "RescaleIntercept") if k not in ds]
+    if missing:
+        raise InputError(
+            path,
+            f"CT DICOM without {' and '.join(missing)}: cannot convert to Hounsfield units "
+            "(the CT Image module requires both tags)",
+        )
+
+
+def dataset_to_image(ds: pydicom.Dataset, path: str | Path) -> ImageData:
+    """Decode an already-read single-frame DICOM dataset (``path`` is for messages and meta)."""
+    p = Path(path)
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         sop = ds.get("SOPClassUID")
         kind = f" ({getattr(sop, 'name', sop)})" if sop else ""
@@ -230,6 +254,9 @@ def read_dicom(path: str | Path) -> ImageData:
 
     modality_tag = str(ds.get("Modality") or "").strip().upper()
     modality = normalize_modality(modality_tag)
+    is_float = any(k in ds for k in _PIXEL_KEYWORDS[1:])
+    if modality == "CT" and not is_float:
+        _check_ct_rescale(ds, p)
     meta: dict[str, Any] = {
         "format": "DICOM",
         "modality_tag": modality_tag or None,
@@ -242,7 +269,6 @@ def read_dicom(path: str | Path) -> ImageData:
         "voi": "none",
         "inverted": False,
     }
-    is_float = any(k in ds for k in _PIXEL_KEYWORDS[1:])
     value_range: tuple[float, float] | None = None
 
     try:

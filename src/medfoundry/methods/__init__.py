@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from medfoundry.methods.mae import MaskedAutoencoder
 from medfoundry.methods.moco import MoCo
 
 # Adam-v1's coarse-to-fine schedule: grid sides of the anatomy decomposer, stage by stage.
@@ -32,9 +33,18 @@ def _build_moco(backbone: nn.Module, **kwargs: Any) -> MoCo:
     return MoCo(backbone, prune_threshold=None, level=0, **kwargs)
 
 
+def _build_mae(backbone: nn.Module, **kwargs: Any) -> MaskedAutoencoder:
+    """VIS-MAE: a Swin encoder, 16-px mask units at 75 % (learned mask token), Swin decoder."""
+    if not hasattr(backbone, "embed_dim"):
+        name = getattr(backbone, "config", {}).get("name", type(backbone).__name__)
+        raise ValueError(f"mae needs a Swin backbone (e.g. name: swin), got {name!r}")
+    return MaskedAutoencoder(backbone, **kwargs)
+
+
 METHODS: dict[str, Callable[..., nn.Module]] = {
     "adam": _build_adam,
     "moco": _build_moco,
+    "mae": _build_mae,
 }
 
 
@@ -47,4 +57,4 @@ def build_method(name: str, backbone: nn.Module, **kwargs: Any) -> nn.Module:
     return model
 
 
-__all__ = ["ADAM_LEVELS", "METHODS", "MoCo", "build_method"]
+__all__ = ["ADAM_LEVELS", "METHODS", "MaskedAutoencoder", "MoCo", "build_method"]

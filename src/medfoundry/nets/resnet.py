@@ -85,10 +85,12 @@ class ResNetBackbone(nn.Module):
         return feat.flatten(2).mean(-1)
 
 
-def create_backbone(
-    name: str = "resnet18", in_channels: int = 1, width: float = 1.0, spatial_dims: int = 2
-) -> ResNetBackbone:
-    """Build a backbone from its name and arguments (as stored in checkpoint metadata)."""
-    return ResNetBackbone(
-        name=name, in_channels=in_channels, width=width, spatial_dims=spatial_dims
-    )
+def create_backbone(name: str = "resnet18", in_channels: int = 1, **kwargs: Any) -> nn.Module:
+    """Build a backbone from its name and arguments (as stored in checkpoint metadata).
+
+    Kept here for existing imports; any registered name works (``nets.factory``: ResNets and
+    Swin encoders). The import is deferred because the factory itself imports this module.
+    """
+    from medfoundry.nets.factory import create_backbone as create
+
+    return create(name, in_channels=in_channels, **kwargs)

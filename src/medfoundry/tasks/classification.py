@@ -79,17 +79,30 @@ def train_classifier(
 
 @torch.no_grad()
 def predict_proba(
-    module: ClassificationModule, x: torch.Tensor, batch_size: int = 64
+    module: ClassificationModule,
+    x: torch.Tensor,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """Class probabilities (N, K) in eval mode."""
+    """Class probabilities (N, K) on the CPU, in eval mode, on `device` (default: the module's)."""
     module.eval()
-    outs = [module(x[i : i + batch_size]).float().softmax(-1) for i in range(0, len(x), batch_size)]
+    if device is not None:
+        module.to(device)
+    dev = next(module.parameters()).device
+    outs = [
+        module(x[i : i + batch_size].to(dev)).float().softmax(-1).cpu()
+        for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(outs)
 
 
 def evaluate_classifier(
-    module: ClassificationModule, x: torch.Tensor, y: torch.Tensor
+    module: ClassificationModule,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
 ) -> dict[str, float]:
     """AUC (binary: positive class 1) and accuracy on a labeled set."""
-    probs = predict_proba(module, x)
+    probs = predict_proba(module, x, batch_size=batch_size, device=device)
     return {"auc": roc_auc(probs[:, 1], y == 1), "accuracy": accuracy(probs.argmax(-1), y)}

@@ -1,6 +1,6 @@
 """`medfoundry pretrain`: self-supervised pretraining on a folder of 2D images, stage by stage.
 
-Adam trains coarse-to-fine (levels 0 -> 2 -> 4), each stage warm-started from the previous
+MoCo-v2 and VIS-MAE (`mae`) train one stage; Adam trains coarse-to-fine (levels 0 -> 2 -> 4), each stage warm-started from the previous
 stage's best-by-validation weights with a fresh queue (the reference code carried the last
 epoch and its stale queue over). Every stage writes Lightning checkpoints (resume) and, when it
 finishes, an exported backbone (`checkpoint/model.safetensors` + `medfoundry.json`).
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from medfoundry.data.normalize import XRAY_NORMALIZATION
 from medfoundry.data.pretrain import TensorImageDataset, collect_images, load_images
 from medfoundry.errors import MedfoundryError
-from medfoundry.evaluate.curves import plot_pretrain_curves
+from medfoundry.evaluate.curves import plot_pretrain_curves, plot_reconstructions
 from medfoundry.methods import build_method
 from medfoundry.nets import create_backbone
 from medfoundry.runtime import atomic_write_json, record_run, seed_everything
@@ -30,13 +30,14 @@ from medfoundry.train.pretrain_module import PretrainModule
 from medfoundry.zoo import save_checkpoint
 
 FINAL_DIR = "checkpoint"
+SINGLE_STAGE = ("moco", "mae")  # methods without anatomy levels
 
 
 def _stage_epochs(cfg: dict[str, Any], n_stages: int) -> list[int]:
     epochs = cfg.get("epochs", 1)
     if isinstance(epochs, int):
         return [epochs] * n_stages
-    if cfg["method"] == "moco":  # an Adam preset's per-level list: same total compute
+    if cfg["method"] in SINGLE_STAGE:  # an Adam preset's per-level list: same total compute
         return [sum(int(e) for e in epochs)]
     if len(epochs) != n_stages:
         raise MedfoundryError(f"config: epochs has {len(epochs)} entries for {n_stages} levels")
@@ -44,8 +45,8 @@ def _stage_epochs(cfg: dict[str, Any], n_stages: int) -> list[int]:
 
 
 def stage_levels(cfg: dict[str, Any]) -> list[int]:
-    """The decomposition levels to train in sequence (MoCo-v2: level 0 only)."""
-    if cfg["method"] == "moco":
+    """The decomposition levels to train in sequence (MoCo-v2 and MAE: one stage, level 0)."""
+    if cfg["method"] in SINGLE_STAGE:
         return [0]
     return [int(level) for level in cfg.get("levels", [0, 2, 4])]
 
@@ -81,6 +82,22 @@ def _guards(cfg: dict[str, Any], level: int, stage_dir: Path) -> list[PruningCol
     ]
 
 
+def input_size(cfg: dict[str, Any]) -> int:
+    """Side of the images the backbone sees: MoCo/Adam views, or MAE's whole loaded image."""
+    if cfg["method"] == "mae":
+        return int(cfg["data"]["load_size"])
+    return int(cfg["views"]["out_size"])
+
+
+def _build(cfg: dict[str, Any], level: int) -> torch.nn.Module:
+    """The SSL method around a fresh backbone, with the method's own config section."""
+    backbone = create_backbone(**cfg["backbone"])
+    if cfg["method"] == "mae":
+        return build_method("mae", backbone, **cfg.get("mae", {}))
+    kwargs = {"level": level, "out_size": input_size(cfg), **cfg.get("moco", {})}
+    return build_method(cfg["method"], backbone, **kwargs)
+
+
 def _load_module_weights(module: PretrainModule, ckpt: Path) -> None:
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     module.load_state_dict(state)
@@ -92,15 +109,24 @@ def checkpoint_metadata(
     levels: list[int],
     n_images: int,
     sources: Sequence[str],
+    decoder_cfg: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a downstream user needs to rebuild and feed the backbone."""
+    """What a downstream user needs to rebuild and feed the backbone (and MAE's decoder)."""
+    extra: dict[str, Any] = {}
+    if cfg["method"] == "mae":
+        extra = {
+            "patch_size": int(backbone_cfg.get("patch_size", 4)),
+            "decoder": decoder_cfg,
+            "mae": dict(cfg.get("mae", {})),
+        }
     return {
         "method": cfg["method"],
         "backbone": backbone_cfg,
         "in_channels": backbone_cfg["in_channels"],
         "spatial_dims": 2,
         "axis_order": "CHW",
-        "input_size": int(cfg["views"]["out_size"]),
+        "input_size": input_size(cfg),
+        **extra,
         "normalization": cfg.get("normalization", XRAY_NORMALIZATION),
         "levels_trained": levels,
         "training_data": {
@@ -110,6 +136,30 @@ def checkpoint_metadata(
         },
         "config": cfg,
     }
+
+
+@torch.no_grad()
+def _plot_mae(method: torch.nn.Module, images: torch.Tensor, out: Path, seed: int) -> None:
+    """Validation images, their masked input and the MAE's reconstruction, side by side."""
+    was_training = method.training
+    method.eval()
+    device = next(method.parameters()).device
+    images = images.to(device)
+    recon, mask = method.reconstruct(images, torch.Generator(device=device).manual_seed(seed))
+    masked = torch.where(mask.bool(), images.amin(dim=(1, 2, 3), keepdim=True), images)
+    plot_reconstructions(
+        images.cpu(), masked.cpu(), recon.cpu(), out, title=f"{out.parent.name}: validation"
+    )
+    method.train(was_training)
+
+
+def _optim(cfg: dict[str, Any], batch_size: int, steps_per_epoch: int) -> dict[str, Any]:
+    """The optimiser section with the per-device batch (the module turns `warmup_epochs` into
+    steps once the trainer knows each rank's share); `warmup_steps` is the fallback."""
+    optim = {**cfg["optim"], "batch_size": batch_size}
+    if optim.get("warmup_epochs"):
+        optim.setdefault("warmup_steps", int(float(optim["warmup_epochs"]) * steps_per_epoch))
+    return optim
 
 
 def pretrain(
@@ -161,30 +211,34 @@ def pretrain(
         else None
     )
 
-    backbone = create_backbone(**cfg["backbone"])
-    backbone_cfg = dict(backbone.config)
-    method = build_method(
-        cfg["method"],
-        backbone,
-        level=levels[0],
-        out_size=int(cfg["views"]["out_size"]),
-        **cfg.get("moco", {}),
-    )
+    method = _build(cfg, levels[0])
+    backbone_cfg = dict(method.backbone.config)
+    decoder = getattr(method, "decoder", None)
+    decoder_cfg = dict(decoder.config) if decoder is not None else None
+
+    def export(done_levels: list[int]) -> tuple[dict, dict, dict | None]:
+        meta = checkpoint_metadata(
+            cfg, backbone_cfg, done_levels, len(paths), [str(d) for d in data], decoder_cfg
+        )
+        dec = method.export_decoder() if hasattr(method, "export_decoder") else None
+        return method.export_backbone(), meta, dec
+
     tcfg = cfg.get("trainer", {})
     prev_stage: Path | None = None
     timings: dict[str, float] = {}
     for i, (level, n_epochs) in enumerate(zip(levels, epochs, strict=True)):
         stage_dir = out_dir / f"stage{i}_level{level}"
         steps_per_epoch = max(1, len(train_loader))
-        module = PretrainModule(
-            method, {**cfg["optim"], "batch_size": batch_size}, n_epochs * steps_per_epoch
-        )
-        method.set_level(level)
+        optim = _optim(cfg, batch_size, steps_per_epoch)
+        module = PretrainModule(method, optim, n_epochs * steps_per_epoch, seed=seed)
+        if hasattr(method, "set_level"):
+            method.set_level(level)
         done = (stage_dir / FINAL_DIR / "medfoundry.json").is_file()
         if not done:
             if prev_stage is not None:
                 _load_module_weights(module, _selected_ckpt(prev_stage))
-                method.reset_queue()
+                if hasattr(method, "reset_queue"):
+                    method.reset_queue()
             trainer = make_trainer(
                 stage_dir,
                 max_epochs=n_epochs,
@@ -198,6 +252,7 @@ def pretrain(
                 log_every_n_steps=max(1, min(10, steps_per_epoch)),
                 mode="min",
                 callbacks=_guards(cfg, level, stage_dir),
+                loggers=list(tcfg.get("loggers", ["csv"])),
             )
             start = time.time()
             try:
@@ -213,19 +268,19 @@ def pretrain(
             timings[f"stage{i}_level{level}"] = time.time() - start
             _load_module_weights(module, _selected_ckpt(stage_dir))
             if trainer.is_global_zero:
-                meta = checkpoint_metadata(
-                    cfg, backbone_cfg, levels[: i + 1], len(paths), [str(d) for d in data]
-                )
-                save_checkpoint(stage_dir / FINAL_DIR, method.export_backbone(), meta)
+                weights, meta, dec = export(levels[: i + 1])
+                save_checkpoint(stage_dir / FINAL_DIR, weights, meta, decoder=dec)
         prev_stage = stage_dir
     # the final stage's export is the run's checkpoint
     final = out_dir / FINAL_DIR
     if prev_stage is not None and rank_zero_only.rank == 0:  # one writer under DDP
-        meta = checkpoint_metadata(cfg, backbone_cfg, levels, len(paths), [str(d) for d in data])
         _load_module_weights(
-            PretrainModule(method, {**cfg["optim"], "batch_size": batch_size}, 1),
-            _selected_ckpt(prev_stage),
+            PretrainModule(method, dict(cfg["optim"]), 1), _selected_ckpt(prev_stage)
         )
-        save_checkpoint(final, method.export_backbone(), meta)
+        weights, meta, dec = export(levels)
+        save_checkpoint(final, weights, meta, decoder=dec)
         atomic_write_json(out_dir / "timings.json", timings)
+        if hasattr(method, "reconstruct"):
+            shown = images[val_idx[:4]] if len(val_idx) else images[train_idx[:4]]
+            _plot_mae(method, shown, out_dir / "reconstructions.png", seed)
     return out_dir

@@ -1,4 +1,7 @@
-"""Few-label 2D segmentation: train a ResNet-UNet on in-memory tensors, predict, evaluate.
+"""Few-label 2D segmentation: train a U-Net on in-memory tensors, predict, evaluate.
+
+The network follows the backbone: a ResNet-UNet for ResNet encoders, a Swin-UNet for Swin
+encoders (whose decoder also starts from an MAE checkpoint's pretrained decoder).
 
 Training is step-based: every step draws `batch_size` images with replacement from the (few)
 training images, augments them on the device, and validation runs every `val_every` steps;
@@ -19,11 +22,12 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from medfoundry.evaluate.metrics import dice_score
 from medfoundry.nets import create_backbone
+from medfoundry.nets.swin_unet import SwinUNet
 from medfoundry.nets.unet import ResNetUNet
 from medfoundry.runtime import seed_everything
 from medfoundry.train.engine import BestWeights, make_trainer
 from medfoundry.train.segment_module import SegmentationModule
-from medfoundry.zoo import load_backbone
+from medfoundry.zoo import has_decoder, load_backbone, load_decoder, read_metadata
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "steps": 600,
@@ -44,12 +48,21 @@ def build_segmenter(
     pretrained: str | Path | None = None,
     decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
     min_fraction: float = 1.0,
-) -> tuple[ResNetUNet, dict[str, Any]]:
-    """A ResNet-UNet with `backbone_cfg` (name, in_channels, width, spatial_dims), optionally
-    initialised from a pretrained backbone checkpoint (raises CheckpointError if it does not
-    load). Returns the model and the load info (empty for scratch)."""
-    keys = ("name", "in_channels", "width", "spatial_dims")
-    backbone = create_backbone(**{k: backbone_cfg[k] for k in keys if k in backbone_cfg})
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A U-Net for `backbone_cfg`, optionally initialised from a pretrained checkpoint (raises
+    CheckpointError if the backbone does not load). Returns the model and the load info (empty
+    for scratch): ResNet encoders get a ResNet-UNet (`decoder_channels`), Swin encoders a
+    Swin-UNet whose decoder loads the checkpoint's pretrained decoder where it matches."""
+    backbone = create_backbone(**_backbone_args(backbone_cfg))
+    swin = hasattr(backbone, "embed_dim")
+    decoder_cfg = None
+    if swin and pretrained is not None:
+        decoder_cfg = read_metadata(pretrained).get("decoder")
+    model: nn.Module = (
+        SwinUNet(backbone, num_classes, decoder_cfg)
+        if swin
+        else ResNetUNet(backbone, num_classes, decoder_channels=decoder_channels)
+    )
     info: dict[str, Any] = {}
     if pretrained is not None:
         report = load_backbone(pretrained, backbone, min_fraction=min_fraction)
@@ -59,7 +72,20 @@ def build_segmenter(
             "loaded_tensors": report.loaded,
             "backbone_tensors": report.total_model,
         }
-    return ResNetUNet(backbone, num_classes, decoder_channels=decoder_channels), info
+        if swin and has_decoder(pretrained):
+            dec = load_decoder(pretrained, model.decoder)
+            info["decoder_load_report"] = dec.summary()
+            info["load_report"] += f"; {dec.summary()}"
+    return model, info
+
+
+def _backbone_args(backbone_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every argument of a Swin backbone; the architecture keys of a ResNet (a config may
+    carry others, e.g. a run's recorded extras)."""
+    if str(backbone_cfg.get("name", "")).startswith("swin"):
+        return dict(backbone_cfg)
+    keys = ("name", "in_channels", "width", "spatial_dims")
+    return {k: backbone_cfg[k] for k in keys if k in backbone_cfg}
 
 
 def train_segmenter(
@@ -75,7 +101,7 @@ def train_segmenter(
     seed: int,
     progress: bool,
     structures: Sequence[str] | None = None,
-) -> tuple[ResNetUNet, dict[str, Any]]:
+) -> tuple[nn.Module, dict[str, Any]]:
     """Train a segmenter on (N, C, H, W) images / (N, K, H, W) 0-1 masks; return (model, info).
 
     `cfg`: steps, batch_size, val_every, eval_batch_size, decoder_channels, precision,

@@ -105,6 +105,6 @@ class ClassificationModule(L.LightningModule):
             params, lr=float(self.cfg["lr"]), weight_decay=float(self.cfg.get("weight_decay", 1e-4))
         )
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, cosine_lambda(self.total_steps, int(self.cfg.get("warmup_steps", 0)))
+            opt, cosine_lambda(self.total_steps, int(self.cfg.get("warmup_steps") or 0))
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,4 +1,5 @@
-"""Build Lightning trainers with the project's defaults: progress bars, CSV logs, atomic checkpoints.
+"""Build Lightning trainers with the project's defaults: progress bars, CSV (and optionally
+TensorBoard) logs, atomic checkpoints.
 
 Every training command (pretrain, finetune, benchmarks) goes through `make_trainer`, so
 precision, devices, multi-node and resume behave the same everywhere.
@@ -16,9 +17,31 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
+from medfoundry.errors import MedfoundryError
 from medfoundry.runtime import atomic_path
+
+LOGGERS = ("csv", "tensorboard")
+
+
+def make_loggers(out_dir: Path, names: Sequence[str]) -> list[Logger]:
+    """CSV logs in `out_dir/logs/metrics.csv` (always first: the curves read them) and, when
+    asked, TensorBoard event files in `out_dir/tensorboard/`."""
+    unknown = sorted(set(names) - set(LOGGERS))
+    if unknown:
+        raise MedfoundryError(f"trainer.loggers: unknown {unknown}; choose from {list(LOGGERS)}")
+    loggers: list[Logger] = [CSVLogger(str(out_dir), name="logs", version="")]
+    if "tensorboard" in names:
+        import importlib.util
+
+        if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+            raise MedfoundryError(
+                "trainer.loggers: 'tensorboard' needs the tensorboard package "
+                "(pip install tensorboard, or the medfoundry[tensorboard] extra)"
+            )
+        loggers.append(TensorBoardLogger(str(out_dir), name="tensorboard", version=""))
+    return loggers
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -61,6 +84,7 @@ def make_trainer(
     save_checkpoints: bool = True,
     callbacks: Sequence[Callback] = (),
     gradient_clip_val: float | None = None,
+    loggers: Sequence[str] = ("csv",),
 ) -> L.Trainer:
     """A Lightning Trainer writing logs and `checkpoints/last.ckpt` (+ best) under `out_dir`."""
     quiet_lightning()
@@ -81,7 +105,7 @@ def make_trainer(
             )
         )
         plugins.append(AtomicCheckpointIO())
-    logger: Any = CSVLogger(str(out_dir), name="logs", version="") if out_dir is not None else False
+    logger: Any = make_loggers(Path(out_dir), loggers) if out_dir is not None else False
     return L.Trainer(
         default_root_dir=str(out_dir) if out_dir is not None else None,
         max_epochs=max_epochs,

@@ -2,9 +2,18 @@
 
 from medfoundry.zoo.checkpoint import (
     LoadReport,
+    has_decoder,
     load_backbone,
+    load_decoder,
     read_metadata,
     save_checkpoint,
 )
 
-__all__ = ["LoadReport", "load_backbone", "read_metadata", "save_checkpoint"]
+__all__ = [
+    "LoadReport",
+    "has_decoder",
+    "load_backbone",
+    "load_decoder",
+    "read_metadata",
+    "save_checkpoint",
+]

@@ -20,6 +20,7 @@ from medfoundry.runtime import atomic_save, atomic_write_json
 
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "medfoundry.json"
+DECODER_NAME = "decoder.safetensors"  # optional: a pretrained decoder (MAE), for Swin-UNet
 FORMAT_VERSION = 1
 
 
@@ -33,23 +34,34 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatch: list[str] = field(default_factory=list)
+    part: str = "backbone"
 
     def summary(self) -> str:
         return (
-            f"loaded {self.loaded}/{self.total_model} backbone tensors "
+            f"loaded {self.loaded}/{self.total_model} {self.part} tensors "
             f"({len(self.missing)} missing, {len(self.unexpected)} unused, "
             f"{len(self.shape_mismatch)} shape mismatches)"
         )
 
 
+def _save_tensors(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    atomic_save(path, lambda p: save_file(tensors, str(p)))
+
+
 def save_checkpoint(
-    out_dir: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]
+    out_dir: str | Path,
+    state_dict: dict[str, torch.Tensor],
+    metadata: dict[str, Any],
+    decoder: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write backbone weights and metadata atomically into `out_dir`; returns the folder."""
+    """Write backbone weights (and a pretrained decoder's, if any) and metadata atomically into
+    `out_dir`; the metadata goes last, so a folder with `medfoundry.json` is complete."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    atomic_save(out_dir / WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
+    _save_tensors(out_dir / WEIGHTS_NAME, state_dict)
+    if decoder is not None:
+        _save_tensors(out_dir / DECODER_NAME, decoder)
     meta = {"format_version": FORMAT_VERSION, **metadata}
     atomic_write_json(out_dir / META_NAME, meta)
     return out_dir
@@ -103,12 +115,30 @@ def load_backbone(
 
     `min_fraction` is the share of the backbone's tensors that must load (1.0: all of them).
     """
-    folder = _resolve(path)
+    return _load_into(_resolve(path) / WEIGHTS_NAME, backbone, min_fraction, "backbone")
+
+
+def has_decoder(path: str | Path) -> bool:
+    """Whether the checkpoint carries a pretrained decoder (`decoder.safetensors`)."""
+    return (_resolve(path) / DECODER_NAME).is_file()
+
+
+def load_decoder(path: str | Path, decoder: torch.nn.Module) -> LoadReport:
+    """Load a checkpoint's pretrained decoder where names and shapes match, and report.
+
+    Parts that a downstream decoder adds (skip fusions, a head for another number of classes)
+    stay at their initialisation; it raises only when nothing at all loaded.
+    """
+    return _load_into(_resolve(path) / DECODER_NAME, decoder, 0.0, "decoder")
+
+
+def _load_into(file: Path, module: torch.nn.Module, min_fraction: float, part: str) -> LoadReport:
+    folder = file.parent
     try:
-        weights = load_file(str(folder / WEIGHTS_NAME))
+        weights = load_file(str(file))
     except Exception as exc:  # safetensors raises several types for corrupt files
-        raise CheckpointError(f"{folder / WEIGHTS_NAME}: unreadable weights ({exc})") from exc
-    model_state = backbone.state_dict()
+        raise CheckpointError(f"{file}: unreadable weights ({exc})") from exc
+    model_state = module.state_dict()
     weights = _strip_prefix(weights, set(model_state))
     matched: dict[str, torch.Tensor] = {}
     mismatch: list[str] = []
@@ -127,11 +157,12 @@ def load_backbone(
         missing=missing,
         unexpected=unexpected,
         shape_mismatch=mismatch,
+        part=part,
     )
     if report.loaded == 0 or report.loaded < min_fraction * report.total_model:
         raise CheckpointError(
-            f"{folder}: backbone did not load: {report.summary()}; "
+            f"{folder}: {part} did not load: {report.summary()}; "
             f"first missing keys: {missing[:5]}, first unused keys: {unexpected[:5]}"
         )
-    backbone.load_state_dict(matched, strict=False)
+    module.load_state_dict(matched, strict=False)
     return report

@@ -1,0 +1,131 @@
+"""What every benchmark here shares: devices, peak memory, timing loops, the run's context.
+
+Imported by `bench_adam.py` and `bench_mae.py` (run them from the repository root as scripts;
+Python puts `benchmarks/` on the path).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+# --- memory -------------------------------------------------------------------------------
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False when not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory of the block: CUDA allocator peak, or process peak RSS on CPU (MiB)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mib: float | None = None
+        self.baseline_mib: float | None = None
+        self.note = ""
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline_mib = torch.cuda.memory_allocated(self.device) / 2**20
+        else:
+            reset = _reset_peak_rss()
+            rss = _proc_status_kb("VmRSS")
+            self.baseline_mib = None if rss is None else rss / 1024
+            self.note = "peak RSS" if reset else "peak RSS since process start (reset failed)"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.note = "max_memory_allocated"
+        else:
+            hwm = _proc_status_kb("VmHWM")
+            self.peak_mib = None if hwm is None else hwm / 1024
+
+
+# --- timing -------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock times cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_training_steps(
+    step: Callable[[], float], device: torch.device, steps: int, warmup: int, batch: int
+) -> dict[str, Any]:
+    """Run `warmup` then `steps` calls of `step` (returns the loss); median time, images/s and
+    peak memory over the timed steps."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    times, losses = [], []
+    with PeakMemory(device) as mem:
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            losses.append(step())  # float() of the loss synchronises
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {
+        "device": device.type,
+        "steps": steps,
+        "step_s_median": med,
+        "step_s_min": min(times),
+        "images_per_s": batch / med,
+        "peak_mem_mib": mem.peak_mib,
+        "baseline_mem_mib": mem.baseline_mib,
+        "mem_kind": mem.note,
+        "loss_finite": all(torch.isfinite(torch.tensor(losses)).tolist()),
+    }
+
+
+# --- run context --------------------------------------------------------------------------
+def pick_devices(choice: str) -> list[torch.device]:
+    """CPU and/or CUDA as asked (`cpu`, `cuda`, `all`), CUDA only when present."""
+    devices = []
+    if choice in ("cpu", "all"):
+        devices.append(torch.device("cpu"))
+    if choice in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    if not devices:
+        print("no requested device is available", file=sys.stderr)
+    return devices
+
+
+def run_context(quick: bool) -> dict[str, Any]:
+    """Versions, threads, load and GPU of this run (CPU timings mean little on a busy machine)."""
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_before": os.getloadavg(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "quick": quick,
+    }
