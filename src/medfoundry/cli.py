@@ -212,6 +212,52 @@ def _add_prepare_2d(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    """The `prepare` subcommand: flags map to `prepare_store` arguments."""
+    p = sub.add_parser(
+        "prepare",
+        help="preprocess 3D volumes (nnU-Net/MSD folder or plain folder) into a store of "
+        "resampled, [0, 1]-scaled, foreground-cropped .npy volumes for fast random crops",
+        description="Read every volume under --data, resample it to one spacing, scale it to "
+        "[0, 1], crop it to its foreground and write .npy files and store.json to --out "
+        "(rules: medfoundry.data.store3d).",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="nnU-Net/MSD folder (imagesTr/, labelsTr/, dataset.json, imagesTs/) or a folder "
+        "of volumes (NIfTI, NRRD/MHA, DICOM series; searched recursively)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="store folder (new or empty)")
+    p.add_argument(
+        "--spacing",
+        nargs=3,
+        type=float,
+        metavar=("D", "H", "W"),
+        help="target spacing in mm along D (superior), H (posterior), W (left); default: the "
+        "dataset's median spacing",
+    )
+    p.add_argument(
+        "--modality",
+        default="auto",
+        choices=["auto", "CT", "MR"],
+        help="modality of volumes without a tag (NIfTI, NRRD); auto = CT when the minimum is "
+        "<= -500 HU, else MR-style percentile scaling",
+    )
+    p.add_argument(
+        "--ct-clip",
+        nargs=2,
+        type=float,
+        metavar=("LO", "HI"),
+        default=(-1000.0, 1000.0),
+        help="CT: HU range mapped to [0, 1] (default -1000 1000)",
+    )
+    p.add_argument("--no-crop", action="store_true", help="keep the full extent (no crop)")
+    p.add_argument("--overwrite", action="store_true", help="replace a different store in --out")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medfoundry", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark(sub)
     _add_demo(sub)
     _add_prepare_2d(sub)
+    _add_prepare(sub)
     return parser
 
 
@@ -332,6 +379,31 @@ def cmd_prepare_2d(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_prepare(args: argparse.Namespace) -> None:
+    """Build a 3D store and print a one-line summary."""
+    from medfoundry.data.store3d import prepare_store
+
+    summary = prepare_store(
+        args.data,
+        args.out,
+        target_spacing=args.spacing,
+        modality=args.modality,
+        ct_clip=args.ct_clip,
+        crop_foreground=not args.no_crop,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    counts = summary["counts"]
+    spacing = "x".join(f"{v:g}" for v in summary["settings"]["target_spacing"])
+    state = "up to date, reused" if summary.get("reused") else f"{summary['seconds']} s"
+    print(
+        f"store: {args.out} ({counts['cases']} cases, {counts['labeled']} labeled, "
+        f"{counts['empty_labels']} empty labels, {counts['skipped']} skipped; spacing "
+        f"{spacing} mm ({summary['target_spacing_from']}); "
+        f"{summary['bytes'] / 2**20:.1f} MiB; {state})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
@@ -340,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": cmd_benchmark,
         "demo": cmd_demo,
         "prepare-2d": cmd_prepare_2d,
+        "prepare": cmd_prepare,
     }
     try:
         handlers[args.command](args)

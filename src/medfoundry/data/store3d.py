@@ -1,0 +1,400 @@
+"""Build a preprocessed 3D store (``.npy`` volumes + ``store.json``) for fast random crops.
+
+``prepare_store`` (CLI: ``medfoundry prepare``) takes an nnU-Net/MSD folder or a plain folder of
+volumes (``medfoundry.data.cases3d``) and writes, per case, the volume resampled, normalised and
+cropped to its foreground. Rules:
+
+- **Axes**: every volume is read by ``read_image(..., ndim=3)``, so arrays are (D, H, W) in the
+  package's "SPL" order (``medfoundry.io.orientation``); grids are never resampled to fix it.
+- **Spacing**: resampled to ``target_spacing`` (D, H, W) mm, by default the per-axis median
+  spacing of the dataset's images; trilinear for images, nearest for labels, keeping the
+  physical extent (``medfoundry.data.resample3d``).
+- **Intensity to [0, 1]**: CT (DICOM tag, ``modality="CT"``, or an untagged volume whose
+  minimum is <= -500 HU under ``modality="auto"``) is clipped to ``ct_clip`` HU (default
+  -1000..1000, or a window name/"LEVEL,WIDTH" of ``medfoundry.data.normalize.CT_WINDOWS``) and
+  scaled linearly, so the clip range maps to [0, 1]. Any other volume (MR, ...) is min-max
+  scaled between its own ``mr_percentiles`` (0.5, 99.5) and clipped. A tag always wins over
+  ``modality``, as in ``prepare-2d``.
+- **Foreground crop** (``crop_foreground``): the bounding box of tissue united with the label's
+  box, plus a 4-voxel margin (``medfoundry.data.foreground3d``), on the resampled grid.
+- **Storage**: ``images/<id>.npy`` float16 (D, H, W) (half the disk of float32; its 11-bit
+  mantissa resolves [0, 1] to better than 5e-4), ``labels/<id>.npy`` uint8, written atomically;
+  ``store.json`` holds the settings (checkpoints record them: ``Store.preprocessing``) and per
+  case: id, split, sources (relative to ``settings.data``), original and stored shape and spacing, crop box, voxel->LPS-mm
+  affine of the stored grid, intensity range, label classes present.
+- **Empty labels**: the case is kept with ``empty_label: true`` and one warning names them all;
+  foreground-centred crops of it fall back to uniform random crops.
+- **Skipped**: constant volumes (nothing to learn), listed in ``store.json`` with one warning.
+
+Bad input stops the build with an ``InputError`` naming the file: a missing or empty folder, a
+4D or 2D (single-slice) volume, NaN voxels, a label whose shape or affine differs from its
+image's (both files named), a label with non-integer values or values missing from
+``dataset.json``, an output folder that is not empty and holds no store or a different store
+(unless ``overwrite``), or a dataset whose every volume is skipped. Re-running with the same
+settings and unchanged inputs reuses a complete store; an unfinished one (a build that stopped)
+is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from medfoundry.data.cases3d import Case3D, dataset_labels, find_cases, inputs_fingerprint
+from medfoundry.data.corpus2d import HU_DETECT_MIN, resolve_modality
+from medfoundry.data.foreground3d import CROP_MARGIN, box_slices, crop_box
+from medfoundry.data.normalize import parse_ct_window, percentile_bounds, range_to_unit
+from medfoundry.data.resample3d import (
+    grid_affine,
+    resample_image,
+    resample_label,
+    resampled_shape,
+)
+from medfoundry.data.slicing import CT_FOREGROUND_HU, UNIT_FOREGROUND
+from medfoundry.data.spacing3d import median_spacing, probe_spacing
+from medfoundry.data.store3d_dataset import StoreCropDataset
+from medfoundry.data.store3d_reader import (
+    STORE_FILE,
+    STORE_FORMAT,
+    STORE_VERSION,
+    CropBatch,
+    Store,
+    open_store,
+)
+from medfoundry.errors import InputError
+from medfoundry.io import AXIS_ORDER, ImageData, read_image
+from medfoundry.runtime import atomic_save, atomic_write_json
+
+__all__ = ["CropBatch", "Store", "StoreCropDataset", "open_store", "prepare_store"]
+
+IMAGE_DTYPE = np.float16
+LABEL_DTYPE = np.uint8
+#: Label voxels kept per case as centres of foreground crops (drawn uniformly).
+MAX_FOREGROUND_VOXELS = 10_000
+#: Largest difference (mm) allowed between an image's and its label's voxel->mm affines.
+AFFINE_TOLERANCE = 1e-3
+
+
+def _ct_range(ct_clip: Sequence[float] | str) -> tuple[float, float]:
+    """The HU range (low, high) of a (low, high) pair or a window name/"LEVEL,WIDTH"."""
+    if isinstance(ct_clip, str):
+        try:
+            _, level, width = parse_ct_window(ct_clip)
+        except ValueError as e:
+            raise InputError(None, str(e)) from e
+        return level - width / 2.0, level + width / 2.0
+    low, high = (float(v) for v in ct_clip)
+    if not (np.isfinite(low) and np.isfinite(high) and high > low):
+        raise InputError(None, f"CT clip range must be finite with low < high, got {ct_clip!r}")
+    return low, high
+
+
+def _target(target_spacing: Sequence[float] | None) -> tuple[float, float, float] | None:
+    """A validated (D, H, W) target spacing, or None for the dataset median."""
+    if target_spacing is None:
+        return None
+    values = [float(v) for v in target_spacing]
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise InputError(None, f"target spacing must be 3 positive mm values, got {target_spacing}")
+    return values[0], values[1], values[2]
+
+
+def _to_unit(
+    volume: np.ndarray, modality: str, ct_range: tuple[float, float], percentiles: Sequence[float]
+) -> tuple[np.ndarray, dict[str, Any], float] | None:
+    """(D, H, W) volume -> [0, 1] float32, its intensity record and the foreground threshold;
+    None for a constant volume."""
+    if float(volume.max()) == float(volume.min()):
+        return None
+    if modality == "CT":
+        low, high = ct_range
+        threshold = float(np.clip((CT_FOREGROUND_HU - low) / (high - low), 0.0, 1.0))
+        record = {"kind": "ct_clip", "low": low, "high": high}
+    else:
+        low, high = percentile_bounds(volume, *percentiles)
+        if high <= low:
+            return None
+        threshold = UNIT_FOREGROUND
+        record = {"kind": "percentile_minmax", "low": round(low, 6), "high": round(high, 6)}
+    return range_to_unit(volume, low, high), record, threshold
+
+
+def _read_label(case: Case3D, image: ImageData, names: dict[int, str] | None) -> np.ndarray:
+    """The case's label as a (D, H, W) uint8 map on its image's grid (checked)."""
+    assert case.label is not None
+    label = read_image(case.label, ndim=3)
+    if label.spatial_shape != image.spatial_shape:
+        raise InputError(
+            case.label,
+            f"label shape {label.spatial_shape} (D, H, W) differs from its image "
+            f"{case.source} shape {image.spatial_shape}",
+        )
+    image_affine = np.asarray(image.meta["affine"], dtype=np.float64)
+    label_affine = np.asarray(label.meta["affine"], dtype=np.float64)
+    gap = float(np.abs(image_affine - label_affine).max())
+    if gap > AFFINE_TOLERANCE:
+        raise InputError(
+            case.label,
+            f"label geometry (voxel->mm affine) differs from its image {case.source} by up to "
+            f"{gap:.4g} mm (spacing {tuple(round(s, 4) for s in label.spacing)} vs "
+            f"{tuple(round(s, 4) for s in image.spacing)}); resample the label onto the image",
+        )
+    values = label.array[0]
+    if not np.array_equal(values, np.round(values)) or values.min() < 0 or values.max() > 255:
+        raise InputError(case.label, "label values must be integers in 0..255")
+    out = values.astype(LABEL_DTYPE)
+    if names is not None:
+        extra = sorted(set(np.unique(out).tolist()) - set(names))
+        if extra:
+            raise InputError(
+                case.label, f"label values {extra} are not in dataset.json labels {names}"
+            )
+    return out
+
+
+def _save_npy(path: Path, array: np.ndarray) -> int:
+    """Write ``array`` as .npy atomically; return the file size."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(array))
+
+    atomic_save(path, write)
+    return path.stat().st_size
+
+
+def _foreground_voxels(label: np.ndarray, seed: int) -> np.ndarray:
+    """Up to ``MAX_FOREGROUND_VOXELS`` (K, 3) uint16 label voxels, drawn uniformly."""
+    flat = np.flatnonzero(label)  # (K,)
+    if flat.size > MAX_FOREGROUND_VOXELS:
+        rng = np.random.default_rng(seed)
+        flat = np.sort(rng.choice(flat, MAX_FOREGROUND_VOXELS, replace=False))
+    voxels = np.stack(np.unravel_index(flat, label.shape), axis=1)  # (K, 3)
+    return voxels.astype(np.uint16)  # indices < 65536: half the disk of int32
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to the data folder when inside it (posix), else as given."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _process_case(
+    case: Case3D,
+    number: int,
+    data: Path,
+    out: Path,
+    options: dict[str, Any],
+    names: dict[int, str] | None,
+) -> dict[str, Any]:
+    """Read, normalise, resample, crop and write one case; return its record (or a skip)."""
+    image = case.read()
+    shape = image.spatial_shape
+    if min(shape) < 2:
+        raise InputError(
+            case.source, f"has shape {shape} (D, H, W): a single slice, expected a 3D volume"
+        )
+    modality, modality_from = resolve_modality(image, options["modality_default"])
+    base = {"id": case.id, "split": case.split, "image": _relative(case.source, data)}
+    base["label"] = None if case.label is None else _relative(case.label, data)
+    label = None if case.label is None else _read_label(case, image, names)  # (D, H, W)
+    unit = _to_unit(image.array[0], modality, options["ct_range"], options["mr_percentiles"])
+    if unit is None:
+        return base | {"skipped": "constant"}
+    array, intensity, threshold = unit  # (D, H, W) in [0, 1]
+    target = options["target_spacing"]
+    new_shape = resampled_shape(shape, image.spacing, target)
+    array = resample_image(array, new_shape)  # (D', H', W')
+    if label is not None:
+        label = resample_label(label, new_shape)
+    if options["crop_foreground"]:
+        box = crop_box(array > threshold, label, CROP_MARGIN)
+    else:
+        box = np.stack([np.zeros(3, np.int64), np.asarray(new_shape, np.int64)], axis=1)
+    array = array[box_slices(box)]
+    affine = grid_affine(image.meta["affine"], shape, new_shape, box[:, 0])
+    record = base | {
+        "modality": modality,
+        "modality_from": modality_from,
+        "original_shape": list(shape),
+        "original_spacing": [round(float(s), 6) for s in image.spacing],
+        "resampled_shape": list(new_shape),
+        "spacing": [
+            round(n * s / m, 6) for n, s, m in zip(shape, image.spacing, new_shape, strict=True)
+        ],
+        "crop_box": box.tolist(),
+        "shape": list(array.shape),
+        "affine": np.round(affine, 6).tolist(),
+        "intensity": intensity,
+        "image_file": f"images/{case.id}.npy",
+    }
+    nbytes = _save_npy(out / record["image_file"], array.astype(IMAGE_DTYPE))
+    if label is not None:
+        label = label[box_slices(box)]
+        voxels = _foreground_voxels(label, seed=number)
+        record |= {
+            "label_file": f"labels/{case.id}.npy",
+            "label_classes": sorted(int(v) for v in np.unique(label)),
+            "empty_label": len(voxels) == 0,
+            "foreground_voxels": int(np.count_nonzero(label)),
+        }
+        nbytes += _save_npy(out / record["label_file"], label)
+        if len(voxels):
+            record["foreground_file"] = f"foreground/{case.id}.npy"
+            nbytes += _save_npy(out / record["foreground_file"], voxels)
+    return record | {"bytes": nbytes}
+
+
+def _settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Names of the settings that differ between two stores."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _prepare_out_dir(
+    out: Path, data: Path, settings: dict[str, Any], overwrite: bool
+) -> dict[str, Any] | None:
+    """Make ``out`` ready for a new store; return the old summary when it can be reused."""
+    resolved, source = out.resolve(), data.resolve()
+    if resolved == source or source in resolved.parents or resolved in source.parents:
+        raise InputError(out, f"overlaps the data folder {data}; choose a folder outside it")
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            old = json.loads((out / STORE_FILE).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            old = None
+        if not isinstance(old, dict) or old.get("format") != STORE_FORMAT:
+            raise InputError(out, f"is not empty and holds no {STORE_FILE}; refusing to use it")
+        same, complete = old.get("settings") == settings, bool(old.get("complete"))
+        if same and complete and not overwrite:
+            return old
+        if complete and not same and not overwrite:
+            diff = ", ".join(_settings_diff(old.get("settings") or {}, settings))
+            raise InputError(
+                out,
+                f"holds a different store (settings differ: {diff}); choose a new folder, "
+                "or --overwrite to replace it",
+            )
+        shutil.rmtree(out)  # an unfinished store (a build that stopped), or --overwrite
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _warn_cases(records: list[dict[str, Any]], what: str, consequence: str) -> None:
+    """One warning naming the cases in ``records`` (the first ten)."""
+    if not records:
+        return
+    ids = ", ".join(r["id"] for r in records[:10]) + (", ..." if len(records) > 10 else "")
+    warnings.warn(f"{len(records)} case(s) {what} ({ids}); {consequence}", stacklevel=3)
+
+
+def prepare_store(
+    data: str | Path,
+    out_dir: str | Path,
+    target_spacing: Sequence[float] | None = None,
+    modality: str = "auto",
+    ct_clip: Sequence[float] | str = (-1000.0, 1000.0),
+    mr_percentiles: Sequence[float] = (0.5, 99.5),
+    crop_foreground: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write a 3D store of the volumes under ``data`` to ``out_dir`` (rules: module doc).
+
+    Returns the summary also written to ``out_dir/store.json``.
+    """
+    start = time.perf_counter()
+    data_path, out = Path(data), Path(out_dir)
+    target = _target(target_spacing)
+    ct_range = _ct_range(ct_clip)
+    lower, upper = (float(v) for v in mr_percentiles)
+    if not 0.0 <= lower < upper <= 100.0:
+        raise InputError(None, f"MR percentiles need 0 <= low < high <= 100, got {mr_percentiles}")
+    modality_default = "unknown" if modality.lower() in ("auto", "unknown") else modality.upper()
+    cases, layout = find_cases(data_path)
+    names = dataset_labels(data_path) if layout == "msd" else None
+
+    spacing_from = "given"
+    if target is None:
+        spacings = [
+            probe_spacing(c) for c in tqdm(cases, desc="spacing", disable=not progress, leave=False)
+        ]
+        target, spacing_from = median_spacing(spacings), f"median of {len(cases)} images"
+    settings: dict[str, Any] = {
+        "data": str(data_path.resolve()),
+        "layout": layout,
+        "inputs_fingerprint": inputs_fingerprint(cases),
+        "axis_order": AXIS_ORDER,
+        "target_spacing": list(target),
+        "modality": "auto" if modality_default == "unknown" else modality_default,
+        "normalization": {
+            "CT": {"name": "ct_clip", "hu": list(ct_range), "to": [0.0, 1.0]},
+            "other": {"name": "percentile_minmax", "lower": lower, "upper": upper, "to": [0, 1]},
+            "ct_detect_min_hu": HU_DETECT_MIN,
+        },
+        "resampling": {"image": "trilinear", "label": "nearest", "keeps": "physical extent"},
+        "crop_foreground": bool(crop_foreground),
+        "crop_margin": CROP_MARGIN,
+        "foreground": {"ct_hu": CT_FOREGROUND_HU, "other_unit": UNIT_FOREGROUND},
+        "image_dtype": np.dtype(IMAGE_DTYPE).name,
+        "label_dtype": np.dtype(LABEL_DTYPE).name,
+        "padding": 0.0,
+    }
+    settings = json.loads(json.dumps(settings))  # as it reads back from store.json
+    reused = _prepare_out_dir(out, data_path, settings, overwrite)
+    if reused is not None:
+        return reused | {"reused": True}
+    header = {"format": STORE_FORMAT, "version": STORE_VERSION, "complete": False}
+    atomic_write_json(out / STORE_FILE, header | {"settings": settings})
+
+    options = {
+        "modality_default": modality_default,
+        "ct_range": ct_range,
+        "mr_percentiles": (lower, upper),
+        "target_spacing": target,
+        "crop_foreground": crop_foreground,
+    }
+    records, skipped = [], []
+    for number, case in enumerate(tqdm(cases, desc="prepare", disable=not progress)):
+        record = _process_case(case, number, data_path, out, options, names)
+        (skipped if "skipped" in record else records).append(record)
+    if not records:
+        raise InputError(data_path, f"every volume was skipped ({len(skipped)} constant volumes)")
+    empty = [r for r in records if r.get("empty_label")]
+    _warn_cases(empty, "with an empty label kept", "their foreground crops are random crops")
+    _warn_cases(skipped, "skipped: constant volume", "they are not in the store")
+
+    classes = sorted({v for r in records for v in r.get("label_classes", [])})
+    summary = header | {
+        "complete": True,
+        "settings": settings,
+        "target_spacing_from": spacing_from,
+        "labels": {str(k): v for k, v in names.items()} if names else None,
+        "counts": {
+            "cases": len(records),
+            "labeled": sum("label_file" in r for r in records),
+            "empty_labels": len(empty),
+            "skipped": len(skipped),
+            "by_modality": dict(sorted(Counter(r["modality"] for r in records).items())),
+            "by_split": dict(sorted(Counter(r["split"] for r in records).items())),
+            "label_classes": classes,
+        },
+        "bytes": sum(r["bytes"] for r in records),
+        "seconds": round(time.perf_counter() - start, 2),
+        "cases": records,
+        "skipped": skipped,
+    }
+    atomic_write_json(out / STORE_FILE, summary)
+    return summary
