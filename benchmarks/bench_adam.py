@@ -15,17 +15,15 @@ Usage: ``python benchmarks/bench_adam.py [--quick] [--out FILE.json] [--device c
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_common import pick_devices, run_context, sync, time_training_steps
+from bench_common import bench_args, pick_devices, run_context, sync, time_training_steps
 
 from medfoundry.methods import build_method
 from medfoundry.methods.losses import pruner_loss_from_similarities, purposive_pruner_loss
@@ -192,14 +190,7 @@ def bench_loss(device: torch.device, batch: int, queue_size: int, dim: int, repe
 
 # --- main -----------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller batches, fewer steps")
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = bench_args(__doc__.splitlines()[0], None, "smaller batches, fewer steps", argv)
 
     devices = pick_devices(args.device)
     if not devices:

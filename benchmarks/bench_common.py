@@ -6,6 +6,7 @@ Python puts `benchmarks/` on the path).
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -129,3 +130,18 @@ def run_context(quick: bool) -> dict[str, Any]:
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "quick": quick,
     }
+
+
+def bench_args(
+    description: str, default_out: Path | None, quick_help: str, argv: list[str] | None
+) -> argparse.Namespace:
+    """The flags every benchmark takes (--quick, --out, --device, --threads); sets the threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=default_out, help="results as JSON")
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args

@@ -16,7 +16,6 @@ Usage: ``python benchmarks/bench_mae.py [--quick] [--out FILE.json] [--device cp
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 # shared benchmark plumbing (benchmarks/ is run as scripts, not as a package)
-from bench_common import pick_devices, run_context, sync, time_training_steps
+from bench_common import bench_args, pick_devices, run_context, sync, time_training_steps
 
 from medfoundry.methods.mae import MaskedAutoencoder
 from medfoundry.nets import create_backbone
@@ -216,14 +215,12 @@ def _print(results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model, small batches")
-    parser.add_argument("--out", type=Path, default=Path("docs/bench/bench_mae_cpu.json"))
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = bench_args(
+        __doc__.splitlines()[0],
+        Path("docs/bench/bench_mae_cpu.json"),
+        "tiny model, small batches",
+        argv,
+    )
     devices = pick_devices(args.device)
     if not devices:
         return 1

@@ -67,11 +67,13 @@ def test_validation_forward_changes_nothing(train_mode: bool, level: int) -> Non
     model = tiny(level=level).train(train_mode)
     model(images(), update=True)  # move the pointer off zero first
     queue, ptr, keys = model.queue.clone(), model.queue_ptr.clone(), key_state(model)
+    everything = {k: v.clone() for k, v in model.state_dict().items()}
     out = model(images(seed=1), update=False)
     assert set(out) == {"loss", "pruned_fraction", "pos_sim", "neg_sim"}
     assert torch.isfinite(out["loss"])
     assert torch.equal(model.queue, queue) and torch.equal(model.queue_ptr, ptr)
     assert same_state(key_state(model), keys)  # no EMA step, BN running stats untouched
+    assert same_state(model.state_dict(), everything)  # query BN statistics untouched too
 
 
 def test_training_forward_updates_queue_pointer_and_key_encoder() -> None:

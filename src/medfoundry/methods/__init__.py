@@ -6,13 +6,16 @@ name (the same name used by configs and the CLI) to its factory.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
 
 from medfoundry.methods.mae import MaskedAutoencoder
 from medfoundry.methods.moco import MoCo
+from medfoundry.methods.voco import VoCo
+from medfoundry.methods.volume_fusion import VolumeFusion
+from medfoundry.nets.unet import ResNetUNet
 
 # Adam-v1's coarse-to-fine schedule: grid sides of the anatomy decomposer, stage by stage.
 ADAM_LEVELS: tuple[int, ...] = (0, 2, 4)
@@ -41,10 +44,44 @@ def _build_mae(backbone: nn.Module, **kwargs: Any) -> MaskedAutoencoder:
     return MaskedAutoencoder(backbone, **kwargs)
 
 
+def _require_3d(method: str, backbone: nn.Module) -> None:
+    """Raise a clear error unless ``backbone`` is a 3D network (``config["spatial_dims"] == 3``)."""
+    config = getattr(backbone, "config", {})
+    dims = config.get("spatial_dims")
+    if dims != 3:
+        name = config.get("name", type(backbone).__name__)
+        raise ValueError(
+            f"{method} pretrains on 3D crops: it needs a 3D backbone (e.g. name: resnet18, "
+            f"spatial_dims: 3), got {name!r} with spatial_dims={dims}"
+        )
+
+
+def _build_volume_fusion(
+    backbone: nn.Module,
+    num_classes: int = 5,
+    decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    **kwargs: Any,
+) -> VolumeFusion:
+    """MIS-FM Volume Fusion: a 3D ResNet-UNet segments the K + 1 blend-weight classes."""
+    _require_3d("volume_fusion", backbone)
+    if not hasattr(backbone, "feature_channels"):
+        raise ValueError("volume_fusion needs a ResNet backbone (its U-Net uses the feature maps)")
+    segmenter = ResNetUNet(backbone, num_classes, decoder_channels=decoder_channels)
+    return VolumeFusion(segmenter, num_classes=num_classes, **kwargs)
+
+
+def _build_voco(backbone: nn.Module, **kwargs: Any) -> VoCo:
+    """VoCo: base/random crop overlap prediction on a 3D backbone (EMA teacher by default)."""
+    _require_3d("voco", backbone)
+    return VoCo(backbone, **kwargs)
+
+
 METHODS: dict[str, Callable[..., nn.Module]] = {
     "adam": _build_adam,
     "moco": _build_moco,
     "mae": _build_mae,
+    "volume_fusion": _build_volume_fusion,
+    "voco": _build_voco,
 }
 
 
@@ -57,4 +94,12 @@ def build_method(name: str, backbone: nn.Module, **kwargs: Any) -> nn.Module:
     return model
 
 
-__all__ = ["ADAM_LEVELS", "METHODS", "MaskedAutoencoder", "MoCo", "build_method"]
+__all__ = [
+    "ADAM_LEVELS",
+    "METHODS",
+    "MaskedAutoencoder",
+    "MoCo",
+    "VoCo",
+    "VolumeFusion",
+    "build_method",
+]

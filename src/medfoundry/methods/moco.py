@@ -33,10 +33,10 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from medfoundry.methods.distributed import concat_all_gather
 from medfoundry.methods.losses import info_nce, purposive_pruner_loss
+from medfoundry.methods.stateless import call_keeping_buffers
 from medfoundry.nets.heads import mlp_projector
 from medfoundry.pretext.anatomy import AnatomyAugment, decompose_views
 
@@ -149,14 +149,7 @@ class MoCo(nn.Module):
     # --- forward ------------------------------------------------------------------------------
     def _keys(self, views: Tensor, keep_state: bool) -> Tensor:
         """Key embeddings; with ``keep_state`` in training mode, BN statistics are not updated."""
-        if keep_state and self.training:
-            state = {f"0.{k}": v for k, v in self.key_backbone.named_parameters()}
-            state |= {f"1.{k}": v for k, v in self.key_projector.named_parameters()}
-            state |= {f"0.{k}": v.clone() for k, v in self.key_backbone.named_buffers()}
-            state |= {f"1.{k}": v.clone() for k, v in self.key_projector.named_buffers()}
-            encoder = nn.Sequential(self.key_backbone, self.key_projector)
-            return functional_call(encoder, state, (views,))
-        return self.key_projector(self.key_backbone(views))
+        return _encode(self.key_backbone, self.key_projector, views, keep_state)
 
     def forward(
         self, images: Tensor, update: bool = True, generator: torch.Generator | None = None
@@ -170,7 +163,8 @@ class MoCo(nn.Module):
             view_q, view_k = decompose_views(
                 images, self.level, 2, self.out_size, self.augment, generator
             )
-        q = F.normalize(self.projector(self.backbone(view_q)), dim=1)  # (B, D)
+        q = _encode(self.backbone, self.projector, view_q, keep_state=not update)
+        q = F.normalize(q, dim=1)  # (B, D)
         with torch.no_grad():
             if update:
                 self.momentum_update()
@@ -191,3 +185,11 @@ class MoCo(nn.Module):
         if update:
             self.enqueue(concat_all_gather(k))
         return {"loss": loss, "pruned_fraction": pruned, "pos_sim": pos_sim, "neg_sim": neg_sim}
+
+
+def _encode(backbone: nn.Module, projector: nn.Module, views: Tensor, keep_state: bool) -> Tensor:
+    """``projector(backbone(views))``; with ``keep_state`` in training mode the BatchNorm
+    running statistics stay as they are (validation must not move them)."""
+    if keep_state and backbone.training:
+        return call_keeping_buffers(nn.Sequential(backbone, projector), views)
+    return projector(backbone(views))

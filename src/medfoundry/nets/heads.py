@@ -10,3 +10,24 @@ def mlp_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
     )
+
+
+def bn_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """VoCo projector: Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear.
+
+    The BatchNorms have no affine parameters and no running statistics (batch statistics in
+    training and evaluation alike), as in VoCo, so they need several crops per call.
+    """
+
+    def bn() -> nn.BatchNorm1d:
+        return nn.BatchNorm1d(hidden_dim, affine=False, track_running_stats=False)
+
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        bn(),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, hidden_dim),
+        bn(),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )

@@ -1,5 +1,23 @@
 """View generators: pure, batched tensor functions that turn a batch of images into SSL inputs."""
 
 from medfoundry.pretext.anatomy import AnatomyAugment, decompose_views
+from medfoundry.pretext.voco import VoCoAugment, VoCoViews, overlap_targets, voco_views
+from medfoundry.pretext.volume_fusion import (
+    FusionBlocks,
+    FusionConfig,
+    random_derangement,
+    volume_fusion,
+)
 
-__all__ = ["AnatomyAugment", "decompose_views"]
+__all__ = [
+    "AnatomyAugment",
+    "FusionBlocks",
+    "FusionConfig",
+    "VoCoAugment",
+    "VoCoViews",
+    "decompose_views",
+    "overlap_targets",
+    "random_derangement",
+    "voco_views",
+    "volume_fusion",
+]

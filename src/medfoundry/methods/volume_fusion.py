@@ -1,0 +1,139 @@
+"""MIS-FM Volume Fusion: segment the blend weight of two fused sub-volumes (K + 1 classes).
+
+Each crop of the batch is the background of one fused volume and the foreground of another (a
+random derangement of the batch, so no crop is fused with itself); random cuboid blocks set the
+voxel-wise weight ``alpha = class / K`` (``pretext.volume_fusion``), and a 3D segmentation
+network predicts the class map, trained with ``(Dice + CE) / 2`` on the one-hot target.
+
+Differences from the references, on purpose:
+
+* the foreground is another crop of the batch drawn at random each step (the 2023 code paired
+  each sample with the previous one, ``torch.roll``; PyMIC's current ``Crop4VolumeFusion``
+  takes two augmented crops of one volume). Batch size must be >= 2.
+* no contrast augmentation of the sub-volumes: the inputs are intensity-normalised crops from
+  the preprocessed store, so the two sub-volumes are already on one scale;
+* block sizes are fractions of the crop (``FusionConfig``), equal to the paper's voxel ranges on
+  its 64x128x128 sub-volumes;
+* the default segmenter is a ``ResNetUNet`` on a 3D ResNet (not PCT-Net or FMUNet); the whole
+  encoder and decoder transfer (``export_backbone`` / ``export_decoder``), and only the output
+  convolution is left for the downstream task to re-initialise;
+* ``update=False`` (validation) draws pairs and blocks from a fixed seed, and in training mode
+  leaves the BatchNorm running statistics untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+from torch import Tensor, nn
+
+from medfoundry.methods.stateless import call_keeping_buffers
+from medfoundry.pretext.volume_fusion import FusionConfig, random_derangement, volume_fusion
+
+
+class VolumeFusion(nn.Module):
+    """Volume Fusion pretraining: ``forward(crops) -> {"loss", "dice", "ce", "accuracy"}``.
+
+    ``dice`` is the soft Dice loss (1 - mean class Dice), ``ce`` the cross-entropy and
+    ``accuracy`` the fraction of voxels whose class is predicted right.
+
+    Args:
+        segmenter: maps (B, 1, D, H, W) to logits (B, num_classes, D, H, W); its ``encoder``
+            is the exported backbone and its ``decoder`` the exported decoder.
+        num_classes: K + 1 blend-weight classes (5: alpha in {0, .25, .5, .75, 1}).
+        fusion: block sampling (a ``FusionConfig`` or a dict of its fields; K is taken from
+            ``num_classes`` when not given).
+        dice_weight, ce_weight: loss = dice_weight * Dice + ce_weight * CE (PyMIC: 0.5, 0.5).
+        val_seed: seed of the pairs and blocks drawn when ``update=False`` without a generator.
+    """
+
+    def __init__(
+        self,
+        segmenter: nn.Module,
+        num_classes: int = 5,
+        fusion: FusionConfig | dict | None = None,
+        dice_weight: float = 0.5,
+        ce_weight: float = 0.5,
+        val_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (K + 1 with K >= 1), got {num_classes}")
+        if isinstance(fusion, dict):
+            fusion = FusionConfig(**{"num_classes_fg": num_classes - 1, **fusion})
+        self.fusion = fusion or FusionConfig(num_classes_fg=num_classes - 1)
+        if self.fusion.num_classes_fg != num_classes - 1:
+            raise ValueError(
+                f"num_classes {num_classes} needs K = {num_classes - 1} fusion classes, the "
+                f"fusion config has K = {self.fusion.num_classes_fg}"
+            )
+        if dice_weight < 0 or ce_weight < 0 or dice_weight + ce_weight == 0:
+            raise ValueError(f"loss weights must be >= 0, not both 0: {dice_weight, ce_weight}")
+        self.num_classes = int(num_classes)
+        self.dice_weight, self.ce_weight = float(dice_weight), float(ce_weight)
+        self.val_seed = int(val_seed)
+        self.segmenter = segmenter
+        # batch=True: one Dice per class over the whole batch (a class absent from one crop
+        # does not count as a failure there)
+        self.dice = DiceLoss(include_background=True, to_onehot_y=True, softmax=True, batch=True)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The segmenter's encoder: what downstream tasks fine-tune."""
+        return self.segmenter.encoder
+
+    def fuse(
+        self, crops: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Fused crops (B, C, D, H, W) and class maps (B, D, H, W): crop i is the background and
+        another crop of the batch the foreground."""
+        if crops.ndim != 5:
+            raise ValueError(f"crops must be (B, C, D, H, W), got shape {tuple(crops.shape)}")
+        if crops.shape[0] < 2:
+            raise ValueError("volume fusion pairs crops of one batch: batch size must be >= 2")
+        partner = random_derangement(crops.shape[0], generator, crops.device)
+        return volume_fusion(crops[partner], crops, self.fusion, generator)
+
+    def forward(
+        self, images: Tensor, update: bool = True, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Loss and statistics for a batch of crops (B, 1, D, H, W); fusion happens here.
+
+        The method keeps no state besides its parameters and BatchNorm statistics; with
+        ``update=False`` the pairs and blocks come from ``val_seed`` and the statistics stay.
+        """
+        if not update and generator is None:
+            generator = torch.Generator(device=images.device).manual_seed(self.val_seed)
+        with torch.no_grad():
+            fused, labels = self.fuse(images, generator)
+        if not update and self.training:
+            logits = call_keeping_buffers(self.segmenter, fused)
+        else:
+            logits = self.segmenter(fused)  # (B, K+1, D, H, W)
+        if logits.shape[1] != self.num_classes or logits.shape[2:] != labels.shape[1:]:
+            raise ValueError(
+                f"segmenter gave {tuple(logits.shape)}, expected (B, {self.num_classes}, "
+                f"{', '.join(map(str, labels.shape[1:]))})"
+            )
+        logits = logits.float()
+        ce = F.cross_entropy(logits, labels)
+        dice = self.dice(logits, labels[:, None])
+        with torch.no_grad():
+            accuracy = (logits.argmax(dim=1) == labels).float().mean()
+        return {
+            "loss": self.dice_weight * dice + self.ce_weight * ce,
+            "dice": dice.detach(),
+            "ce": ce.detach(),
+            "accuracy": accuracy,
+        }
+
+    # --- export -----------------------------------------------------------------------------------
+    def export_backbone(self) -> dict[str, Tensor]:
+        """The encoder's weights (``segmenter.encoder``), detached copies."""
+        return {k: v.detach().clone() for k, v in self.segmenter.encoder.state_dict().items()}
+
+    def export_decoder(self) -> dict[str, Tensor]:
+        """The decoder's weights (``segmenter.decoder``, without the K+1-class output layer),
+        detached copies; they load into a ``ResNetUNet.decoder`` of the same channels."""
+        return {k: v.detach().clone() for k, v in self.segmenter.decoder.state_dict().items()}

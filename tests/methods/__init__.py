@@ -1,0 +1,1 @@
+"""Tests of medfoundry.methods (a package: test_voco.py exists in tests/methods and tests/pretext)."""
