@@ -1,8 +1,8 @@
 """Micro-check of MoCo-v2's drift at CPU scale: loss and negative cosine every 50 steps.
 
 Small enough to run in about a minute on 2 cores (ResNet-18 width 0.25, 64² views). It varies
-one suspect at a time to find why the level-0 loss of `adam_cpu` rises while the learning rate
-decays (see docs/results.md, section 2):
+one suspect at a time to find why the level-0 loss of `adam_cpu` rises again after its first
+~130 steps, positive and negative cosines drifting up together (see docs/results.md, section 2):
 
     python benchmarks/check_moco_drift.py --data ../shared/data/kermany --images 1024 --queue 4096
     python benchmarks/check_moco_drift.py ... --schedule constant      # no decay

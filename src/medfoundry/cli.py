@@ -44,10 +44,16 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         required=True,
-        choices=["adam", "moco", "mae"],
+        choices=["adam", "moco", "mae", "volume_fusion", "voco"],
         help="SSL method (config key: method)",
     )
-    p.add_argument("--data", required=True, nargs="+", type=Path, help="image folder(s) or files")
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        type=Path,
+        help="image folder(s) or files; for volume_fusion/voco one `medfoundry prepare` store",
+    )
     p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--config", help="preset name or YAML file (default: the method's preset)")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")

@@ -174,3 +174,60 @@ def test_mae_trains_data_parallel_on_two_cpu_ranks(xray_folder, tmp_path, tiny_p
     assert steps(single) >= 2 and steps(double) * 2 == steps(single)
     backbone = create_backbone(**read_metadata(double)["backbone"])
     assert load_backbone(double, backbone).loaded == len(backbone.state_dict())
+
+
+@pytest.fixture(scope="module")
+def volume_store(tmp_path_factory):
+    """A 3D store of ten 24 x 40 x 40 synthetic volumes (blobs on noise), unlabeled."""
+    import nibabel as nib
+    import numpy as np
+
+    from medfoundry.data.store3d import prepare_store
+
+    root = tmp_path_factory.mktemp("vols")
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.mgrid[:24, :40, :40]
+    for i in range(10):
+        c = rng.uniform(8, 30, size=3)
+        vol = 100 * np.exp(-((zz - c[0] / 2) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) / 60.0)
+        vol = (vol + 20 + rng.normal(0, 3, vol.shape)).astype(np.float32)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), root / f"case{i}.nii.gz")
+    store = tmp_path_factory.mktemp("store") / "s"
+    prepare_store(root, store, modality="MR", crop_foreground=False, progress=False)
+    return store
+
+
+TINY_3D = "backbone={name: resnet10, width: 0.125, in_channels: 1, spatial_dims: 3}"
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        (
+            "volume_fusion",
+            ["data.crop_size=[32, 32, 32]", "volume_fusion.decoder_channels=[8, 8, 8, 8, 8]"],
+        ),
+        (
+            "voco",
+            ["data.crop_size=[16, 32, 32]", "voco={num_base: 2, proj_hidden: 32, proj_dim: 16}"],
+        ),
+    ],
+)
+def test_3d_methods_pretrain_from_a_store(volume_store, tmp_path, method, extra):
+    from medfoundry.config import apply_overrides, load_config
+
+    cfg = apply_overrides(
+        load_config(method),
+        [TINY_3D, "epochs=2", "optim.batch_size=2", "data.val_fraction=0.2"]
+        + ["trainer={accelerator: cpu, devices: 1}", *extra],
+    )
+    run = pretrain(cfg, [volume_store], tmp_path / "run", progress=False)
+    meta = read_metadata(run)
+    assert meta["method"] == method and meta["spatial_dims"] == 3
+    assert meta["normalization"]["name"] == "store"
+    assert meta["input_size"] == ([32, 32, 32] if method == "volume_fusion" else [16, 16, 16])
+    backbone = create_backbone(**meta["backbone"])
+    assert load_backbone(run, backbone).loaded == len(backbone.state_dict())
+    assert (run / "checkpoint" / "decoder.safetensors").is_file() == (method == "volume_fusion")
+    log = (run / "stage0_level0" / "logs" / "metrics.csv").read_text()
+    assert "val/loss" in log and "train/loss_step" in log

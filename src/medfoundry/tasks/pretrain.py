@@ -13,12 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from medfoundry.data.normalize import XRAY_NORMALIZATION
 from medfoundry.data.pretrain import TensorImageDataset, collect_images, load_images
+from medfoundry.data.store3d_dataset import StoreCropDataset
+from medfoundry.data.store3d_reader import open_store
 from medfoundry.errors import MedfoundryError
 from medfoundry.evaluate.curves import plot_pretrain_curves, plot_reconstructions
 from medfoundry.methods import build_method
@@ -30,7 +34,8 @@ from medfoundry.train.pretrain_module import PretrainModule
 from medfoundry.zoo import save_checkpoint
 
 FINAL_DIR = "checkpoint"
-SINGLE_STAGE = ("moco", "mae")  # methods without anatomy levels
+VOLUME_METHODS = ("volume_fusion", "voco")  # 3D crops from a `medfoundry prepare` store
+SINGLE_STAGE = ("moco", "mae", *VOLUME_METHODS)  # methods without anatomy levels
 
 
 def _stage_epochs(cfg: dict[str, Any], n_stages: int) -> list[int]:
@@ -82,20 +87,98 @@ def _guards(cfg: dict[str, Any], level: int, stage_dir: Path) -> list[PruningCol
     ]
 
 
-def input_size(cfg: dict[str, Any]) -> int:
-    """Side of the images the backbone sees: MoCo/Adam views, or MAE's whole loaded image."""
+def input_size(cfg: dict[str, Any]) -> int | list[int]:
+    """Size of the inputs the backbone sees: MoCo/Adam views, MAE's whole loaded image, a 3D
+    crop (Volume Fusion) or one VoCo base crop ([d, h/n, w/n], or VoCo's `crop_size`)."""
     if cfg["method"] == "mae":
         return int(cfg["data"]["load_size"])
+    if cfg["method"] in VOLUME_METHODS:
+        size = cfg["data"]["crop_size"]
+        d, h, w = [int(size)] * 3 if isinstance(size, int) else [int(v) for v in size]
+        if cfg["method"] == "volume_fusion":
+            return [d, h, w]
+        voco = cfg.get("voco", {})
+        if voco.get("crop_size"):
+            c = voco["crop_size"]
+            return [int(c)] * 3 if isinstance(c, int) else [int(v) for v in c]
+        n = int(voco.get("num_base", 3))
+        return [int(voco.get("crop_depth") or d), h // n, w // n]
     return int(cfg["views"]["out_size"])
 
 
 def _build(cfg: dict[str, Any], level: int) -> torch.nn.Module:
     """The SSL method around a fresh backbone, with the method's own config section."""
     backbone = create_backbone(**cfg["backbone"])
-    if cfg["method"] == "mae":
-        return build_method("mae", backbone, **cfg.get("mae", {}))
+    if cfg["method"] in ("mae", *VOLUME_METHODS):
+        return build_method(cfg["method"], backbone, **cfg.get(cfg["method"], {}))
     kwargs = {"level": level, "out_size": input_size(cfg), **cfg.get("moco", {})}
     return build_method(cfg["method"], backbone, **kwargs)
+
+
+def _image_data(
+    cfg: dict[str, Any],
+    data: Sequence[str | Path],
+    seed: int,
+    normalization: dict[str, Any],
+    progress: bool,
+) -> tuple[Dataset, Dataset | None, int]:
+    """2D images decoded once into memory; (train set, validation set or None, image count)."""
+    paths = collect_images(data)
+    images = load_images(
+        paths,
+        int(cfg["data"]["load_size"]),
+        channels=int(cfg["backbone"]["in_channels"]),
+        normalization=normalization,
+        progress=progress,
+    )
+    train_idx, val_idx = _split(len(paths), float(cfg["data"].get("val_fraction", 0.05)), seed)
+    val = TensorImageDataset(images[val_idx]) if len(val_idx) else None
+    return TensorImageDataset(images[train_idx]), val, len(paths)
+
+
+def _volume_data(
+    cfg: dict[str, Any], data: Sequence[str | Path], seed: int
+) -> tuple[Dataset, Dataset | None, int, dict[str, Any]]:
+    """Random 3D crops from one `medfoundry prepare` store, cases split into train/validation;
+    returns the sets, the case count and the store's preprocessing (for the checkpoint)."""
+    if len(data) != 1:
+        raise MedfoundryError(
+            f"{cfg['method']} reads one 3D store (made by `medfoundry prepare`), got {len(data)}"
+        )
+    store = open_store(data[0])
+    train_idx, val_idx = _split(len(store), float(cfg["data"].get("val_fraction", 0.05)), seed)
+    size = cfg["data"]["crop_size"]
+    per_volume = int(cfg["data"].get("crops_per_volume", 1))
+
+    def crops(indices: torch.Tensor, crop_seed: int) -> StoreCropDataset:
+        ds = StoreCropDataset(store, size, per_volume, seed=crop_seed, indices=indices.tolist())
+        ds.with_labels = False  # self-supervised: images only
+        return ds
+
+    val = crops(val_idx, seed + 1) if len(val_idx) else None  # fixed crops every epoch
+    return crops(train_idx, seed), val, len(store), dict(store.preprocessing)
+
+
+class NewCropsEachEpoch(Callback):
+    """Tell a crop dataset which epoch starts, so every epoch draws new (reproducible) crops."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loader = trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(trainer.current_epoch)
+
+
+def _decoder_config(method: torch.nn.Module) -> dict[str, Any] | None:
+    """What rebuilds the method's pretrained decoder downstream (MAE: Swin; Volume Fusion: the
+    ResNet-UNet decoder), or None for encoder-only methods."""
+    decoder = getattr(method, "decoder", None)
+    if decoder is not None and hasattr(decoder, "config"):
+        return dict(decoder.config)
+    segmenter = getattr(method, "segmenter", None)
+    if segmenter is not None:
+        return {"type": "resnet_unet", "decoder_channels": segmenter.config["decoder_channels"]}
+    return None
 
 
 def _load_module_weights(module: PretrainModule, ckpt: Path) -> None:
@@ -119,12 +202,16 @@ def checkpoint_metadata(
             "decoder": decoder_cfg,
             "mae": dict(cfg.get("mae", {})),
         }
+    volume = cfg["method"] in VOLUME_METHODS
+    if volume:
+        extra = {"decoder": decoder_cfg} if decoder_cfg else {}
+        extra[cfg["method"]] = dict(cfg.get(cfg["method"], {}))
     return {
         "method": cfg["method"],
         "backbone": backbone_cfg,
         "in_channels": backbone_cfg["in_channels"],
-        "spatial_dims": 2,
-        "axis_order": "CHW",
+        "spatial_dims": 3 if volume else 2,
+        "axis_order": "CDHW (D, H, W = SPL)" if volume else "CHW",
         "input_size": input_size(cfg),
         **extra,
         "normalization": cfg.get("normalization", XRAY_NORMALIZATION),
@@ -132,7 +219,8 @@ def checkpoint_metadata(
         "training_data": {
             "n_images": n_images,
             "sources": [str(s) for s in sources],
-            "load_size": int(cfg["data"]["load_size"]),
+            "load_size": cfg["data"].get("load_size"),
+            "crop_size": cfg["data"].get("crop_size"),
         },
         "config": cfg,
     }
@@ -186,39 +274,39 @@ def pretrain(
     seed_everything(seed)
     normalization = cfg.setdefault("normalization", dict(XRAY_NORMALIZATION))
 
-    paths = collect_images(data)
-    images = load_images(
-        paths,
-        int(cfg["data"]["load_size"]),
-        channels=int(cfg["backbone"]["in_channels"]),
-        normalization=normalization,
-        progress=progress,
-    )
-    train_idx, val_idx = _split(len(paths), float(cfg["data"].get("val_fraction", 0.05)), seed)
-    record_run(out_dir, {**cfg, "data_sources": [str(d) for d in data], "n_images": len(paths)})
+    if cfg["method"] in VOLUME_METHODS:
+        train_set, val_set, n_items, preprocessing = _volume_data(cfg, data, seed)
+        normalization.clear()
+        normalization.update({"name": "store", **preprocessing})
+    else:
+        train_set, val_set, n_items = _image_data(cfg, data, seed, normalization, progress)
+    record_run(out_dir, {**cfg, "data_sources": [str(d) for d in data], "n_images": n_items})
 
-    batch_size = min(int(cfg["optim"]["batch_size"]), len(train_idx))
+    batch_size = min(int(cfg["optim"]["batch_size"]), len(train_set))
+    workers = int(cfg["data"].get("num_workers", 0))
     train_loader = DataLoader(
-        TensorImageDataset(images[train_idx]),
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=int(cfg["data"].get("num_workers", 0)),
+        train_set, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers
     )
+    min_batch = 2 if cfg["method"] == "volume_fusion" else 1  # fusion pairs crops of a batch
     val_loader = (
-        DataLoader(TensorImageDataset(images[val_idx]), batch_size=batch_size, shuffle=False)
-        if len(val_idx) > 0
+        DataLoader(
+            val_set,
+            batch_size=min(batch_size, len(val_set)),
+            shuffle=False,
+            drop_last=min_batch > 1,
+            num_workers=workers,
+        )
+        if val_set is not None and len(val_set) >= min_batch
         else None
     )
 
     method = _build(cfg, levels[0])
     backbone_cfg = dict(method.backbone.config)
-    decoder = getattr(method, "decoder", None)
-    decoder_cfg = dict(decoder.config) if decoder is not None else None
+    decoder_cfg = _decoder_config(method)
 
     def export(done_levels: list[int]) -> tuple[dict, dict, dict | None]:
         meta = checkpoint_metadata(
-            cfg, backbone_cfg, done_levels, len(paths), [str(d) for d in data], decoder_cfg
+            cfg, backbone_cfg, done_levels, n_items, [str(d) for d in data], decoder_cfg
         )
         dec = method.export_decoder() if hasattr(method, "export_decoder") else None
         return method.export_backbone(), meta, dec
@@ -251,7 +339,7 @@ def pretrain(
                 monitor="val/loss" if val_loader is not None else None,
                 log_every_n_steps=max(1, min(10, steps_per_epoch)),
                 mode="min",
-                callbacks=_guards(cfg, level, stage_dir),
+                callbacks=[*_guards(cfg, level, stage_dir), NewCropsEachEpoch()],
                 loggers=list(tcfg.get("loggers", ["csv"])),
             )
             start = time.time()
@@ -281,6 +369,7 @@ def pretrain(
         save_checkpoint(final, weights, meta, decoder=dec)
         atomic_write_json(out_dir / "timings.json", timings)
         if hasattr(method, "reconstruct"):
-            shown = images[val_idx[:4]] if len(val_idx) else images[train_idx[:4]]
+            shown_set = val_set if val_set is not None and len(val_set) else train_set
+            shown = torch.stack([shown_set[j] for j in range(min(4, len(shown_set)))])
             _plot_mae(method, shown, out_dir / "reconstructions.png", seed)
     return out_dir

@@ -58,7 +58,9 @@ class PretrainModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         cfg = self.optim
         world = max(1, self.trainer.world_size) if self._trainer is not None else 1
-        lr = float(cfg["lr"]) * float(cfg["batch_size"]) * world / 256.0
+        lr = float(cfg["lr"])
+        if cfg.get("scale_lr", True):  # MoCo/MAE rule; 3D recipes give an absolute lr
+            lr *= float(cfg["batch_size"]) * world / 256.0
         groups = self._param_groups(float(cfg["weight_decay"]))
         name = cfg.get("optimizer", "sgd")
         if name == "sgd":
