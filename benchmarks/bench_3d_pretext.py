@@ -28,7 +28,6 @@ Usage: ``python benchmarks/bench_3d_pretext.py [--quick] [--out FILE.json] [--de
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import statistics
@@ -40,7 +39,14 @@ import numpy as np
 import torch
 
 # shared benchmark plumbing (benchmarks/ is run as scripts, not as a package)
-from bench_common import bench_args, pick_devices, run_context, sync, time_training_steps
+from bench_common import (
+    bench_args,
+    pick_devices,
+    report_and_save,
+    run_context,
+    sync,
+    time_training_steps,
+)
 
 from medfoundry.methods import build_method
 from medfoundry.nets import create_backbone
@@ -378,11 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in results["views"]
         if r["speedup"] < SPEEDUP_GOAL
     ]
-    if below:
-        print(f"view speed-up below the {SPEEDUP_GOAL:.0f}x goal: {', '.join(below)}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    report_and_save(results, args.out, below, "view", SPEEDUP_GOAL)
     ok = all(r["same_result"] for r in results["views"])
     ok &= all(r["loss_finite"] for r in results["steps"])
     return 0 if ok else 1

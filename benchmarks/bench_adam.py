@@ -15,7 +15,6 @@ Usage: ``python benchmarks/bench_adam.py [--quick] [--out FILE.json] [--device c
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -23,7 +22,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_common import bench_args, pick_devices, run_context, sync, time_training_steps
+from bench_common import (
+    bench_args,
+    pick_devices,
+    report_and_save,
+    run_context,
+    sync,
+    time_training_steps,
+)
 
 from medfoundry.methods import build_method
 from medfoundry.methods.losses import pruner_loss_from_similarities, purposive_pruner_loss
@@ -257,12 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     below = [
         f"{r['device']}/{r['scope']}" for r in results["pruner_loss"] if r["speedup"] < SPEEDUP_GOAL
     ]
-    if below:
-        print(f"speed-up below the {SPEEDUP_GOAL:.0f}x goal: {', '.join(below)}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nwrote {args.out}")
+    report_and_save(results, args.out, below, "pruner", SPEEDUP_GOAL)
     return 0 if ok else 1
 
 

@@ -7,6 +7,7 @@ Python puts `benchmarks/` on the path).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -145,3 +146,16 @@ def bench_args(
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
+
+
+def report_and_save(
+    results: dict[str, Any], out: Path | None, below_goal: list[str], what: str, goal: float
+) -> None:
+    """Name the cases below the speed-up goal, then write the results as JSON to `out`."""
+    results["loadavg_after"] = results.get("loadavg_after") or os.getloadavg()
+    if below_goal:
+        print(f"{what} speed-up below the {goal:.0f}x goal: {', '.join(below_goal)}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nwrote {out}")

@@ -16,7 +16,6 @@ Usage: ``python benchmarks/bench_mae.py [--quick] [--out FILE.json] [--device cp
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -27,7 +26,14 @@ import numpy as np
 import torch
 
 # shared benchmark plumbing (benchmarks/ is run as scripts, not as a package)
-from bench_common import bench_args, pick_devices, run_context, sync, time_training_steps
+from bench_common import (
+    bench_args,
+    pick_devices,
+    report_and_save,
+    run_context,
+    sync,
+    time_training_steps,
+)
 
 from medfoundry.methods.mae import MaskedAutoencoder
 from medfoundry.nets import create_backbone
@@ -250,11 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in results["masks"]
         if r["scope"] == "mask" and r["speedup"] < SPEEDUP_GOAL
     ]
-    if below:
-        print(f"mask speed-up below the {SPEEDUP_GOAL:.0f}x goal: {', '.join(below)}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    report_and_save(results, args.out, below, "mask", SPEEDUP_GOAL)
     ok = all(r["same_result"] for r in results["masks"])
     ok &= all(r["loss_finite"] for r in results["steps"])
     return 0 if ok else 1
