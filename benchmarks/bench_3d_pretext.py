@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import os
 import random
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +39,12 @@ import torch
 # shared benchmark plumbing (benchmarks/ is run as scripts, not as a package)
 from bench_common import (
     bench_args,
+    median_time,
     pick_devices,
     report_and_save,
     run_context,
-    sync,
     time_training_steps,
+    training_step,
 )
 
 from medfoundry.methods import build_method
@@ -62,19 +61,6 @@ from medfoundry.pretext.volume_fusion import (
 )
 
 SPEEDUP_GOAL = 10.0
-
-
-def _time(fn, device: torch.device, repeats: int) -> float:
-    """Median wall-clock seconds of ``fn`` over ``repeats`` calls, after one warm-up call."""
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 # --- 1a. Volume Fusion: per-sample reference --------------------------------------------------
@@ -144,7 +130,7 @@ def bench_fusion(device: torch.device, batch: int, shape, repeats: int) -> dict[
     def ref() -> Any:
         return reference_fusion(vols, cfg)
 
-    vec_s, ref_s = _time(vec, device, repeats), _time(ref, device, repeats)
+    vec_s, ref_s = median_time(vec, device, repeats)[0], median_time(ref, device, repeats)[0]
     return {
         "device": device.type,
         "task": "volume_fusion",
@@ -234,7 +220,7 @@ def bench_voco(
     def ref() -> Any:
         return reference_voco(vols, n, 2, aug, rng)
 
-    vec_s, ref_s = _time(vec, device, repeats), _time(ref, device, repeats)
+    vec_s, ref_s = median_time(vec, device, repeats)[0], median_time(ref, device, repeats)[0]
     return {
         "device": device.type,
         "task": f"voco_{n}x{n}",
@@ -271,13 +257,7 @@ def bench_step(
     volumes = volumes.to(device)
     gen = torch.Generator(device=device).manual_seed(0)
 
-    def step() -> float:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(volumes, update=True, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
-        return float(out["loss"].detach())
+    step = training_step(model, volumes, opt, gen, bf16)
 
     row = time_training_steps(step, device, steps, warmup, batch)
     row["volumes_per_s"] = row.pop("images_per_s")

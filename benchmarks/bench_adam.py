@@ -16,19 +16,18 @@ Usage: ``python benchmarks/bench_adam.py [--quick] [--out FILE.json] [--device c
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from bench_common import (
     bench_args,
+    median_time,
     pick_devices,
     report_and_save,
     run_context,
-    sync,
     time_training_steps,
+    training_step,
 )
 
 from medfoundry.methods import build_method
@@ -56,12 +55,7 @@ def bench_step(
     images = torch.randn(batch, 1, 2 * size, 2 * size, device=device).clamp(-2, 2)
     gen = torch.Generator(device=device).manual_seed(0)
 
-    def step() -> float:
-        out = model(images, update=True, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
-        return float(out["loss"].detach())
+    step = training_step(model, images, opt, gen)
 
     return {
         "backbone": backbone,
@@ -115,18 +109,6 @@ def clustered_embeddings(
     return q.to(device), k.to(device), queue.to(device)
 
 
-def _time(fn, device: torch.device, repeats: int) -> tuple[float, torch.Tensor]:
-    out = fn()  # warm-up
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def _with_backward(loss_fn, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor):
     """Loss and its gradient with respect to the queries, as in a training step."""
 
@@ -171,8 +153,8 @@ def bench_loss(device: torch.device, batch: int, queue_size: int, dim: int, repe
     }
     for scope, (vectorised, loop, grad) in cases.items():
         with torch.set_grad_enabled(grad):
-            vec_s, (vec_loss, frac) = _time(vectorised, device, repeats)
-            loop_s, loop_loss = _time(loop, device, repeats)
+            vec_s, (vec_loss, frac) = median_time(vectorised, device, repeats)
+            loop_s, loop_loss = median_time(loop, device, repeats)
         vec, ref = float(vec_loss.detach()), float(loop_loss.detach())
         rows.append(
             {

@@ -78,6 +78,41 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def median_time(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[float, Any]:
+    """Median wall-clock seconds of ``fn`` over ``repeats`` calls after one warm-up call, and
+    the last call's result (to check that two implementations agree)."""
+    out = fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def training_step(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    generator: torch.Generator,
+    bf16: bool = False,
+) -> Callable[[], float]:
+    """One SSL step as a closure: method forward (update=True), backward, optimiser step; the
+    loss as a float (which synchronises the device)."""
+
+    def step() -> float:
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(inputs, update=True, generator=generator)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        return float(out["loss"].detach())
+
+    return step
+
+
 def time_training_steps(
     step: Callable[[], float], device: torch.device, steps: int, warmup: int, batch: int
 ) -> dict[str, Any]:

@@ -17,8 +17,6 @@ Usage: ``python benchmarks/bench_mae.py [--quick] [--out FILE.json] [--device cp
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +26,12 @@ import torch
 # shared benchmark plumbing (benchmarks/ is run as scripts, not as a package)
 from bench_common import (
     bench_args,
+    median_time,
     pick_devices,
     report_and_save,
     run_context,
-    sync,
     time_training_steps,
+    training_step,
 )
 
 from medfoundry.methods.mae import MaskedAutoencoder
@@ -42,18 +41,6 @@ from medfoundry.pretext.masking import apply_mask_token, block_mask, block_mask_
 
 SPEEDUP_GOAL = 10.0
 GRID, UNIT, RATIO, TOKEN_DIM = (56, 56), 4, 0.75, 96
-
-
-def _time(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 # --- 1. masks: vectorised vs per-sample reference --------------------------------------------
@@ -128,7 +115,7 @@ def bench_masks(device: torch.device, batch: int, repeats: int) -> list[dict[str
 
     rows = []
     for scope, vec, ref in (("mask", vec_mask, ref_mask), ("mask+token", vec_tokens, ref_tokens)):
-        vec_s, ref_s = _time(vec, device, repeats), _time(ref, device, repeats)
+        vec_s, ref_s = median_time(vec, device, repeats)[0], median_time(ref, device, repeats)[0]
         rows.append(
             {
                 "device": device.type,
@@ -165,13 +152,7 @@ def bench_step(
     images = torch.randn(batch, 1, size, size, device=device).clamp(-2, 2)
     gen = torch.Generator(device=device).manual_seed(0)
 
-    def step() -> float:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(images, update=True, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
-        return float(out["loss"].detach())
+    step = training_step(model, images, opt, gen, bf16)
 
     return {
         "arch": {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()},

@@ -241,15 +241,6 @@ def _plot_mae(method: torch.nn.Module, images: torch.Tensor, out: Path, seed: in
     method.train(was_training)
 
 
-def _optim(cfg: dict[str, Any], batch_size: int, steps_per_epoch: int) -> dict[str, Any]:
-    """The optimiser section with the per-device batch (the module turns `warmup_epochs` into
-    steps once the trainer knows each rank's share); `warmup_steps` is the fallback."""
-    optim = {**cfg["optim"], "batch_size": batch_size}
-    if optim.get("warmup_epochs"):
-        optim.setdefault("warmup_steps", int(float(optim["warmup_epochs"]) * steps_per_epoch))
-    return optim
-
-
 def pretrain(
     cfg: dict[str, Any],
     data: Sequence[str | Path],
@@ -272,13 +263,12 @@ def pretrain(
         )
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)
-    normalization = cfg.setdefault("normalization", dict(XRAY_NORMALIZATION))
 
     if cfg["method"] in VOLUME_METHODS:
         train_set, val_set, n_items, preprocessing = _volume_data(cfg, data, seed)
-        normalization.clear()
-        normalization.update({"name": "store", **preprocessing})
+        cfg["normalization"] = {"name": "store", **preprocessing}  # what the store applied
     else:
+        normalization = cfg.setdefault("normalization", dict(XRAY_NORMALIZATION))
         train_set, val_set, n_items = _image_data(cfg, data, seed, normalization, progress)
     record_run(out_dir, {**cfg, "data_sources": [str(d) for d in data], "n_images": n_items})
 
@@ -317,7 +307,7 @@ def pretrain(
     for i, (level, n_epochs) in enumerate(zip(levels, epochs, strict=True)):
         stage_dir = out_dir / f"stage{i}_level{level}"
         steps_per_epoch = max(1, len(train_loader))
-        optim = _optim(cfg, batch_size, steps_per_epoch)
+        optim = {**cfg["optim"], "batch_size": batch_size}  # warm-up epochs: see PretrainModule
         module = PretrainModule(method, optim, n_epochs * steps_per_epoch, seed=seed)
         if hasattr(method, "set_level"):
             method.set_level(level)
