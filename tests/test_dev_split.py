@@ -24,3 +24,27 @@ def test_split_is_disjoint_complete_and_seeded(tmp_path, make_jsrt_like):
     train, test = split(tmp_path / "a")
     assert len(test) == 2 and len(train) == 4 and not train & test
     assert split(tmp_path / "b") == (train, test)
+
+
+def test_class_folder_split_keeps_patients_whole(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "kermany"
+    names = {"NORMAL": [f"IM-{i:04d}-0001" for i in range(8)], "PNEUMONIA": []}
+    names["PNEUMONIA"] = [f"person{i}_bacteria_{j}" for i in range(6) for j in range(2)]
+    for cls, stems in names.items():
+        (src / cls).mkdir(parents=True)
+        for stem in stems:
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / cls / f"{stem}.png")
+    out = tmp_path / "split"
+    cmd = [sys.executable, str(TOOL), "--source", str(src), "--out", str(out)]
+    subprocess.run([*cmd, "--test-fraction", "0.5"], check=True, capture_output=True)
+    for cls in names:
+        train = {f.name for f in (out / "train" / cls).iterdir()}
+        test = {f.name for f in (out / "test" / cls).iterdir()}
+        assert train and test and not train & test
+        assert len(train) + len(test) == len(names[cls])
+    test_patients = {f.name.split("_")[0] for f in (out / "test" / "PNEUMONIA").iterdir()}
+    train_patients = {f.name.split("_")[0] for f in (out / "train" / "PNEUMONIA").iterdir()}
+    assert len(test_patients) == 3 and not test_patients & train_patients

@@ -1,11 +1,16 @@
-"""Split a segmentation folder (images/<ID>.png, masks/<structure>/<ID>.png) into dev train/test.
+"""Split a benchmark folder into dev train/test: segmentation (images/, masks/) or class folders.
 
-For development runs of `medfoundry benchmark jsrt-fewshot` when no held-out test folder is at
-hand: a seeded subset of the training pool becomes a *dev* test folder, the rest the training
-pool. The two output folders hold symbolic links to the source files, nothing is copied.
-Numbers measured on such a split are development numbers, not test results.
+For development runs of `medfoundry benchmark jsrt-fewshot` / `kermany-label-efficiency` when no
+held-out test folder is at hand: a seeded subset of the training pool becomes a *dev* test
+folder, the rest the training pool. A segmentation folder (images/<ID>.png,
+masks/<structure>/<ID>.png) is split by image id (`--test` images); a class-folder tree
+(<CLASS>/<images>, e.g. Kermany) by patient (`--test-fraction` of each class's patients, whole
+patients only, so no patient is in both parts). The output folders hold symbolic links to the
+source files, nothing is copied. Numbers measured on such a split are development numbers,
+not test results.
 
     python tools/make_dev_split.py --source JSRT_DIR --out .data/jsrt_dev --test 40 --seed 0
+    python tools/make_dev_split.py --source KERMANY_DIR --out .data/kermany_dev --test-fraction 0.25
 """
 
 from __future__ import annotations
@@ -45,14 +50,56 @@ def make_split(source: Path, out: Path, n_test: int, seed: int) -> tuple[int, in
     return len(ids) - len(test), len(test)
 
 
+def make_class_split(source: Path, out: Path, fraction: float, seed: int) -> tuple[int, int]:
+    """Link a seeded `fraction` of each class's patients into out/test, the rest into out/train."""
+    from medfoundry.data.label_budgets import patient_classes
+    from medfoundry.data.manifest import scan_class_folders
+
+    if not 0 < fraction < 1:
+        raise SystemExit(f"--test-fraction must be between 0 and 1, got {fraction}")
+    items, classes = scan_class_folders(source)
+    by_class: dict[int, list[str]] = {}
+    for group, label in sorted(patient_classes(items).items()):
+        by_class.setdefault(label, []).append(group)
+    rng = random.Random(seed)
+    test: set[str] = set()
+    for label in sorted(by_class):
+        groups = by_class[label]
+        test.update(rng.sample(groups, max(1, round(fraction * len(groups)))))
+    counts = {"train": 0, "test": 0}
+    for item in items:
+        part = "test" if item.group in test else "train"
+        counts[part] += 1
+        dst = out / part / item.path.relative_to(source)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        dst.symlink_to(item.path.resolve())
+    (out / "split.txt").write_text(
+        f"source: {source.name}\nseed: {seed}\nclasses: {' '.join(classes)}\n"
+        f"test patients ({len(test)}, {counts['test']} images): {' '.join(sorted(test))}\n"
+    )
+    return counts["train"], counts["test"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--test", type=int, default=40, help="images held out as the dev test folder")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="class folders: share of each class's patients held out (default 0.25)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    n_train, n_test = make_split(args.source, args.out, args.test, args.seed)
+    if (args.source / "images").is_dir():
+        n_train, n_test = make_split(args.source, args.out, args.test, args.seed)
+    else:
+        fraction = 0.25 if args.test_fraction is None else args.test_fraction
+        n_train, n_test = make_class_split(args.source, args.out, fraction, args.seed)
     print(f"{args.out}: train {n_train} images, test {n_test} images (dev split, seed {args.seed})")
     return 0
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from medfoundry.nets.decay import no_weight_decay
 from medfoundry.nets.swin import SwinBackbone
 from medfoundry.nets.swin_decoder import SwinDecoder, image_to_tokens, tokens_to_image
 from medfoundry.pretext.masking import block_mask
@@ -196,11 +197,7 @@ class MaskedAutoencoder(nn.Module):
     def no_weight_decay_names(self) -> set[str]:
         """Parameters left out of weight decay: norms, biases (all 1-D), the mask token and
         relative-position-bias tables."""
-        return {
-            name
-            for name, param in self.named_parameters()
-            if param.ndim <= 1 or name == "mask_token" or "relative_position_bias_table" in name
-        }
+        return {name for name, param in self.named_parameters() if no_weight_decay(name, param)}
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: ``weight_decay`` on weights, 0 on ``no_weight_decay_names``."""

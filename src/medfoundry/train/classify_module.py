@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medfoundry.evaluate.classification_metrics import accuracy, roc_auc
+from medfoundry.nets.decay import no_weight_decay
 from medfoundry.train.schedules import cosine_lambda
 
 
@@ -100,10 +101,13 @@ class ClassificationModule(L.LightningModule):
         self.log("val/score", auc if auc == auc else acc, prog_bar=True)
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(
-            params, lr=float(self.cfg["lr"]), weight_decay=float(self.cfg.get("weight_decay", 1e-4))
-        )
+        wd = float(self.cfg.get("weight_decay", 1e-4))
+        decay, exempt = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (exempt if no_weight_decay(name, p) else decay).append(p)
+        groups = [{"params": decay, "weight_decay": wd}, {"params": exempt, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=float(self.cfg["lr"]))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, cosine_lambda(self.total_steps, int(self.cfg.get("warmup_steps") or 0))
         )

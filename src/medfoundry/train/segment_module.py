@@ -20,6 +20,7 @@ from torch import nn
 
 from medfoundry.data.segmentation import augment_batch
 from medfoundry.evaluate.metrics import dice_score
+from medfoundry.nets.decay import no_weight_decay
 from medfoundry.train.schedules import warmup_cosine
 
 DEFAULTS: dict[str, Any] = {
@@ -100,10 +101,10 @@ class SegmentationModule(L.LightningModule):
         encoder = getattr(self.model, "encoder", None)
         enc_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        for p in self.model.parameters():
+        for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
-            key = (id(p) in enc_ids, p.ndim <= 1)  # (encoder?, norm/bias -> no weight decay)
+            key = (id(p) in enc_ids, no_weight_decay(name, p))  # (encoder?, exempt from decay?)
             groups.setdefault(key, []).append(p)
         param_groups = [
             {
