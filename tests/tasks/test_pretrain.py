@@ -231,3 +231,37 @@ def test_3d_methods_pretrain_from_a_store(volume_store, tmp_path, method, extra)
     assert (run / "checkpoint" / "decoder.safetensors").is_file() == (method == "volume_fusion")
     log = (run / "stage0_level0" / "logs" / "metrics.csv").read_text()
     assert "val/loss" in log and "train/loss_step" in log
+
+
+def test_volume_fusion_pctnet_preset_runs_from_the_cli(volume_store, tmp_path):
+    """`medfoundry pretrain --method volume_fusion --config volume_fusion_pctnet` on a tiny
+    PCT-Net: the encoder and the PCT-Net decoder export, and both load completely."""
+    from medfoundry.cli import main
+    from medfoundry.nets.pctnet import PCTNetDecoder
+    from medfoundry.zoo import load_decoder
+
+    run = tmp_path / "run"
+    args = ["pretrain", "--method", "volume_fusion", "--config", "volume_fusion_pctnet"]
+    args += ["--data", str(volume_store), "--out", str(run), "--no-progress", "--epochs", "1"]
+    args += ["--batch-size", "2", "--accelerator", "cpu", "--devices", "1"]
+    for pair in (
+        "backbone.width=0.125",
+        "backbone.window_size=4",
+        "data.crop_size=[16, 32, 32]",
+        "data.crops_per_volume=1",
+        "data.val_fraction=0.2",
+    ):
+        args += ["--set", pair]
+    assert main(args) == 0
+    meta = read_metadata(run)
+    assert meta["backbone"]["name"] == "pctnet" and meta["backbone"]["resolution_mode"] == 1
+    assert meta["decoder"]["type"] == "pctnet" and meta["input_size"] == [16, 32, 32]
+    assert meta["volume_fusion"]["deep_supervision"] is True
+    backbone = create_backbone(**meta["backbone"])
+    report = load_backbone(run, backbone)
+    assert report.loaded == report.total_model == report.total_checkpoint
+    decoder = PCTNetDecoder.from_config(meta["decoder"])
+    dec_report = load_decoder(run, decoder)
+    assert dec_report.loaded == dec_report.total_model == dec_report.total_checkpoint
+    log = (run / "stage0_level0" / "logs" / "metrics.csv").read_text()
+    assert "val/loss" in log and "train/loss_step" in log

@@ -15,10 +15,13 @@ from medfoundry.methods.mae import MaskedAutoencoder
 from medfoundry.methods.moco import MoCo
 from medfoundry.methods.voco import VoCo
 from medfoundry.methods.volume_fusion import VolumeFusion
+from medfoundry.nets.pctnet import PCTNet, PCTNetEncoder
 from medfoundry.nets.unet import ResNetUNet
 
 # Adam-v1's coarse-to-fine schedule: grid sides of the anatomy decomposer, stage by stage.
 ADAM_LEVELS: tuple[int, ...] = (0, 2, 4)
+# Volume Fusion's ResNet-UNet decoder channels when the config gives none.
+RESNET_UNET_DECODER: tuple[int, ...] = (256, 128, 64, 32, 16)
 
 
 def _build_adam(backbone: nn.Module, **kwargs: Any) -> MoCo:
@@ -59,14 +62,32 @@ def _require_3d(method: str, backbone: nn.Module) -> None:
 def _build_volume_fusion(
     backbone: nn.Module,
     num_classes: int = 5,
-    decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    decoder_channels: Sequence[int] | None = None,
+    deep_supervision: bool | None = None,
     **kwargs: Any,
 ) -> VolumeFusion:
-    """MIS-FM Volume Fusion: a 3D ResNet-UNet segments the K + 1 blend-weight classes."""
+    """MIS-FM Volume Fusion: a 3D segmenter predicts the K + 1 blend-weight classes.
+
+    A ``PCTNetEncoder`` gets the PCT-Net decoder with deep supervision (MIS-FM's setting;
+    ``deep_supervision: false`` turns it off); any other 3D backbone with feature maps gets a
+    ``ResNetUNet`` with ``decoder_channels`` (default ``RESNET_UNET_DECODER``).
+    """
     _require_3d("volume_fusion", backbone)
+    if isinstance(backbone, PCTNetEncoder):
+        if decoder_channels is not None:
+            raise ValueError(
+                "volume_fusion with PCT-Net: its decoder mirrors the encoder's channels, so "
+                "decoder_channels must be null (see the volume_fusion_pctnet preset)"
+            )
+        ds = True if deep_supervision is None else bool(deep_supervision)
+        segmenter: nn.Module = PCTNet(backbone, num_classes, deep_supervision=ds)
+        return VolumeFusion(segmenter, num_classes=num_classes, **kwargs)
     if not hasattr(backbone, "feature_channels"):
         raise ValueError("volume_fusion needs a ResNet backbone (its U-Net uses the feature maps)")
-    segmenter = ResNetUNet(backbone, num_classes, decoder_channels=decoder_channels)
+    if deep_supervision:
+        raise ValueError("volume_fusion: deep_supervision needs a PCT-Net backbone (name: pctnet)")
+    channels = RESNET_UNET_DECODER if decoder_channels is None else decoder_channels
+    segmenter = ResNetUNet(backbone, num_classes, decoder_channels=channels)
     return VolumeFusion(segmenter, num_classes=num_classes, **kwargs)
 
 

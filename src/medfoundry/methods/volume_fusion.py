@@ -14,9 +14,13 @@ Differences from the references, on purpose:
   the preprocessed store, so the two sub-volumes are already on one scale;
 * block sizes are fractions of the crop (``FusionConfig``), equal to the paper's voxel ranges on
   its 64x128x128 sub-volumes;
-* the default segmenter is a ``ResNetUNet`` on a 3D ResNet (not PCT-Net or FMUNet); the whole
-  encoder and decoder transfer (``export_backbone`` / ``export_decoder``), and only the output
-  convolution is left for the downstream task to re-initialise;
+* the segmenter is a ``ResNetUNet`` on a 3D ResNet, or MIS-FM's PCT-Net (``nets.pctnet``,
+  ``backbone.name: pctnet``) with deep supervision (not FMUNet); the whole encoder and decoder
+  transfer (``export_backbone`` / ``export_decoder``), and only the output convolutions are left
+  for the downstream task to re-initialise;
+* a segmenter that returns a list in training ([main, aux...], all at the input size) is
+  trained on the deep-supervision sum with weights 1 / 2^i, normalised (PyMIC's ``deep_sup``);
+  the reported ``dice``, ``ce`` and ``accuracy`` and the validation loss use the main output;
 * ``update=False`` (validation) draws pairs and blocks from a fixed seed, and in training mode
   leaves the BatchNorm running statistics untouched.
 """
@@ -29,6 +33,7 @@ from monai.losses import DiceLoss
 from torch import Tensor, nn
 
 from medfoundry.methods.stateless import call_keeping_buffers
+from medfoundry.nets.pctnet import deep_supervision_weights
 from medfoundry.pretext.volume_fusion import FusionConfig, random_derangement, volume_fusion
 
 
@@ -108,25 +113,39 @@ class VolumeFusion(nn.Module):
         with torch.no_grad():
             fused, labels = self.fuse(images, generator)
         if not update and self.training:
-            logits = call_keeping_buffers(self.segmenter, fused)
+            out = call_keeping_buffers(self.segmenter, fused)
         else:
-            logits = self.segmenter(fused)  # (B, K+1, D, H, W)
-        if logits.shape[1] != self.num_classes or logits.shape[2:] != labels.shape[1:]:
-            raise ValueError(
-                f"segmenter gave {tuple(logits.shape)}, expected (B, {self.num_classes}, "
-                f"{', '.join(map(str, labels.shape[1:]))})"
-            )
-        logits = logits.float()
-        ce = F.cross_entropy(logits, labels)
-        dice = self.dice(logits, labels[:, None])
+            out = self.segmenter(fused)  # (B, K+1, D, H, W), or a list of them
+        outputs = list(out) if isinstance(out, (list, tuple)) else [out]
+        if not update:  # validation: the main output only
+            outputs = outputs[:1]
+        for logits in outputs:
+            if logits.shape[1] != self.num_classes or logits.shape[2:] != labels.shape[1:]:
+                raise ValueError(
+                    f"segmenter gave {tuple(logits.shape)}, expected (B, {self.num_classes}, "
+                    f"{', '.join(map(str, labels.shape[1:]))})"
+                )
+        terms = [self._dice_ce(logits.float(), labels) for logits in outputs]
+        weights = deep_supervision_weights(len(terms))
+        loss = torch.stack(
+            [
+                w * (self.dice_weight * d + self.ce_weight * c)
+                for w, (d, c) in zip(weights, terms, strict=True)
+            ]
+        ).sum()
+        dice, ce = terms[0]
         with torch.no_grad():
-            accuracy = (logits.argmax(dim=1) == labels).float().mean()
+            accuracy = (outputs[0].argmax(dim=1) == labels).float().mean()
         return {
-            "loss": self.dice_weight * dice + self.ce_weight * ce,
+            "loss": loss,
             "dice": dice.detach(),
             "ce": ce.detach(),
             "accuracy": accuracy,
         }
+
+    def _dice_ce(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Soft Dice loss and cross-entropy of logits (B, K+1, D, H, W) against (B, D, H, W)."""
+        return self.dice(logits, labels[:, None]), F.cross_entropy(logits, labels)
 
     # --- export -----------------------------------------------------------------------------------
     def export_backbone(self) -> dict[str, Tensor]:
@@ -134,6 +153,7 @@ class VolumeFusion(nn.Module):
         return {k: v.detach().clone() for k, v in self.segmenter.encoder.state_dict().items()}
 
     def export_decoder(self) -> dict[str, Tensor]:
-        """The decoder's weights (``segmenter.decoder``, without the K+1-class output layer),
-        detached copies; they load into a ``ResNetUNet.decoder`` of the same channels."""
+        """The decoder's weights (``segmenter.decoder``, without the K+1-class output layer nor
+        deep-supervision heads), detached copies; they load into the ``decoder`` of a
+        ``ResNetUNet`` of the same channels or of a ``PCTNet`` on the same encoder config."""
         return {k: v.detach().clone() for k, v in self.segmenter.decoder.state_dict().items()}

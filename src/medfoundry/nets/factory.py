@@ -1,7 +1,8 @@
 """Build any registered backbone from its name and arguments (as stored in checkpoint metadata).
 
 ResNets (``BACKBONES``) take ``width``/``spatial_dims``; Swin encoders (``SWIN_BACKBONES``) take
-the ``SwinBackbone`` arguments. ``create_backbone(**backbone.config)`` rebuilds a backbone.
+the ``SwinBackbone`` arguments; ``pctnet`` takes the ``PCTNetEncoder`` arguments (3D only).
+``create_backbone(**backbone.config)`` rebuilds a backbone.
 """
 
 from __future__ import annotations
@@ -10,19 +11,22 @@ from typing import Any
 
 from torch import nn
 
+from medfoundry.nets.pctnet import PCTNET_BACKBONES, PCTNetEncoder
 from medfoundry.nets.resnet import BACKBONES, ResNetBackbone
 from medfoundry.nets.swin import SWIN_BACKBONES, SwinBackbone
 
 
 def backbone_names() -> list[str]:
     """Every name ``create_backbone`` accepts."""
-    return sorted([*BACKBONES, *SWIN_BACKBONES])
+    return sorted([*BACKBONES, *SWIN_BACKBONES, *PCTNET_BACKBONES])
 
 
 def create_backbone(name: str = "resnet18", in_channels: int = 1, **kwargs: Any) -> nn.Module:
     """A backbone with ``forward -> (B, out_dim)``, ``features -> maps`` and ``config``."""
     if name in SWIN_BACKBONES:
         return SwinBackbone(name=name, in_channels=in_channels, **kwargs)
+    if name in PCTNET_BACKBONES:
+        return PCTNetEncoder(in_channels=in_channels, **kwargs)
     if name in BACKBONES:
         return ResNetBackbone(name=name, in_channels=in_channels, **kwargs)
     raise ValueError(f"unknown backbone {name!r}; choose from {backbone_names()}")

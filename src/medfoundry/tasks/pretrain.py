@@ -171,12 +171,16 @@ class NewCropsEachEpoch(Callback):
 
 def _decoder_config(method: torch.nn.Module) -> dict[str, Any] | None:
     """What rebuilds the method's pretrained decoder downstream (MAE: Swin; Volume Fusion: the
-    ResNet-UNet decoder), or None for encoder-only methods."""
+    ResNet-UNet decoder, or PCT-Net's own ``decoder.config`` with ``type: pctnet``), or None for
+    encoder-only methods."""
     decoder = getattr(method, "decoder", None)
     if decoder is not None and hasattr(decoder, "config"):
         return dict(decoder.config)
     segmenter = getattr(method, "segmenter", None)
     if segmenter is not None:
+        seg_decoder = getattr(segmenter, "decoder", None)
+        if hasattr(seg_decoder, "config"):  # PCT-Net
+            return dict(seg_decoder.config)
         return {"type": "resnet_unet", "decoder_channels": segmenter.config["decoder_channels"]}
     return None
 
