@@ -83,22 +83,40 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a pretrained backbone on labeled data")
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a pretrained backbone on labeled data (2D, or 3D segmentation)",
+        description="Segmentation is 3D when --data is a 3D store (medfoundry prepare) or an "
+        "nnU-Net/MSD folder, or when --pretrained is a 3D checkpoint (Volume Fusion, VoCo); "
+        "3D rules: medfoundry.tasks.segmentation3d.",
+    )
     p.add_argument("--task", required=True, choices=["classification", "segmentation"])
     p.add_argument(
         "--data",
         required=True,
         type=Path,
-        help="classification: DIR/<CLASS>/images; segmentation: DIR/images + DIR/masks/<structure>",
+        help="classification: DIR/<CLASS>/images; segmentation: DIR/images + DIR/masks/<structure> "
+        "(2D), or a 3D store / nnU-Net/MSD folder (imagesTr/, labelsTr/, dataset.json)",
     )
-    p.add_argument("--test-data", type=Path, help="optional labeled test folder, same layout")
+    p.add_argument(
+        "--test-data",
+        type=Path,
+        help="optional labeled test folder, same layout (3D: a store or an MSD folder, prepared "
+        "with the training store's settings)",
+    )
     p.add_argument("--pretrained", required=True, help="run folder or checkpoint, or 'none'")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--config", help="preset name or YAML (default finetune_<task>)")
+    p.add_argument(
+        "--config",
+        help="preset name or YAML (default finetune_<task>; 3D: finetune_segmentation3d)",
+    )
     p.add_argument("--steps", type=int, help="[steps]")
     p.add_argument("--lr", type=float, help="[lr]")
     p.add_argument("--batch-size", type=int, help="[batch_size]")
-    p.add_argument("--image-size", type=int, help="[image_size]")
+    p.add_argument("--image-size", type=int, help="[image_size] (2D)")
+    p.add_argument(
+        "--patch-size", type=int, nargs=3, metavar=("D", "H", "W"), help="[patch_size] (3D)"
+    )
     p.add_argument("--labels-per-class", type=int, help="[labels_per_class] (classification)")
     p.add_argument(
         "--linear-probe",
@@ -137,6 +155,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--no-progress", action="store_true")
     j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     _add_kermany_label_efficiency(bsub)
+    _add_hippocampus_fewshot(bsub)
 
 
 def _add_kermany_label_efficiency(bsub: argparse._SubParsersAction) -> None:
@@ -168,6 +187,48 @@ def _add_kermany_label_efficiency(bsub: argparse._SubParsersAction) -> None:
     k.add_argument("--image-size", type=int, help="[image_size]")
     k.add_argument("--no-progress", action="store_true")
     k.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _add_hippocampus_fewshot(bsub: argparse._SubParsersAction) -> None:
+    """The `benchmark hippocampus-fewshot` subcommand: flags map to config keys."""
+    h = bsub.add_parser(
+        "hippocampus-fewshot",
+        help="3D few-shot segmentation of the hippocampus (anterior, posterior Dice and HD95) "
+        "with 5, 10, 20 and all labeled cases, each checkpoint against an equally tuned scratch arm",
+        description="Prepares both MSD folders into 3D stores under --out (same preprocessing), "
+        "trains every arm on the same seeded subsets, scores every test case, and writes "
+        "results.json, results.md and results.png; a rerun resumes "
+        "(protocol: medfoundry.evaluate.hippocampus_fewshot).",
+    )
+    h.add_argument(
+        "--train-data",
+        required=True,
+        type=Path,
+        help="MSD-layout training pool (imagesTr/, labelsTr/, dataset.json); validation cases "
+        "come from here",
+    )
+    h.add_argument(
+        "--test-data", required=True, type=Path, help="MSD-layout test folder (evaluation only)"
+    )
+    h.add_argument(
+        "--pretrained",
+        nargs="+",
+        required=True,
+        help="3D run folder(s)/checkpoint(s) (volume_fusion, voco), or 'none' for scratch only",
+    )
+    h.add_argument("--out", required=True, type=Path)
+    h.add_argument(
+        "--config",
+        default="hippocampus_fewshot",
+        help="preset name or YAML (default hippocampus_fewshot; hippocampus_fewshot_cpu for CPU)",
+    )
+    h.add_argument("--budgets", nargs="+", help="[budgets] labeled case counts and/or 'all'")
+    h.add_argument("--repeats", type=int, help="[repeats]")
+    h.add_argument("--steps", type=int, help="[steps]")
+    h.add_argument("--no-progress", action="store_true")
+    h.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key"
+    )
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -293,13 +354,25 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     from medfoundry.tasks import finetune
 
-    cfg = load_config(args.config or f"finetune_{args.task}")
-    for dest in ("steps", "lr", "batch_size", "image_size", "labels_per_class", "linear_probe"):
+    pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+    three_d = args.task == "segmentation" and finetune.is_3d_segmentation(args.data, pretrained)
+    flags = ["steps", "lr", "batch_size"]
+    flags += ["patch_size"] if three_d else ["image_size", "labels_per_class", "linear_probe"]
+    unused = [
+        f"--{d.replace('_', '-')}"
+        for d in ("image_size", "labels_per_class", "linear_probe", "patch_size")
+        if d not in flags and getattr(args, d) is not None
+    ]
+    if unused:
+        kind = "3D segmentation" if three_d else f"2D {args.task}"
+        raise MedfoundryError(f"{', '.join(unused)}: not used by {kind}")
+    default = "finetune_segmentation3d" if three_d else f"finetune_{args.task}"
+    cfg = load_config(args.config or default)
+    for dest in flags:
         value = getattr(args, dest)
         if value is not None:
             set_dotted(cfg, dest, value)
     cfg = apply_overrides(cfg, args.set)
-    pretrained = None if args.pretrained.lower() == "none" else args.pretrained
     fn = (
         finetune.finetune_classification
         if args.task == "classification"
@@ -319,6 +392,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> None:
     if args.benchmark == "kermany-label-efficiency":
         cmd_kermany_label_efficiency(args)
+        return
+    if args.benchmark == "hippocampus-fewshot":
+        cmd_hippocampus_fewshot(args)
         return
     from medfoundry.evaluate.jsrt_fewshot import run_jsrt_fewshot
 
@@ -352,6 +428,23 @@ def cmd_kermany_label_efficiency(args: argparse.Namespace) -> None:
     cfg = apply_overrides(cfg, args.set)
     pretrained = [None if p.lower() == "none" else p for p in args.pretrained]
     run_kermany_label_efficiency(
+        args.train_data, args.test_data, pretrained, args.out, cfg, progress=not args.no_progress
+    )
+    print(f"results: {args.out / 'results.md'}")
+
+
+def cmd_hippocampus_fewshot(args: argparse.Namespace) -> None:
+    """Run (or resume) the Hippocampus few-shot 3D benchmark into --out."""
+    from medfoundry.evaluate.hippocampus_fewshot import run_hippocampus_fewshot
+
+    cfg = load_config(args.config)
+    for dest in ("budgets", "repeats", "steps"):
+        value = getattr(args, dest)
+        if value is not None:
+            set_dotted(cfg, dest, value)
+    cfg = apply_overrides(cfg, args.set)
+    pretrained = [None if p.lower() == "none" else p for p in args.pretrained]
+    run_hippocampus_fewshot(
         args.train_data, args.test_data, pretrained, args.out, cfg, progress=not args.no_progress
     )
     print(f"results: {args.out / 'results.md'}")

@@ -13,6 +13,7 @@ from medfoundry.data.normalize import XRAY_NORMALIZATION
 from medfoundry.data.pretrain import load_images
 from medfoundry.runtime import atomic_write_json, record_run
 from medfoundry.tasks.classification import evaluate_classifier, train_classifier
+from medfoundry.tasks.segmentation3d import is_3d_segmentation
 from medfoundry.zoo import read_metadata, save_checkpoint
 
 
@@ -140,7 +141,15 @@ def finetune_segmentation(
     test_data: Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train a U-Net (pretrained encoder) on an images/ + masks/<structure>/ folder; save it."""
+    """Train a U-Net (pretrained encoder) on an images/ + masks/<structure>/ folder; save it.
+
+    A 3D store or nnU-Net/MSD folder, or a 3D checkpoint, goes to
+    `medfoundry.tasks.segmentation3d.finetune_segmentation3d` instead.
+    """
+    if is_3d_segmentation(data, pretrained):
+        from medfoundry.tasks.segmentation3d import finetune_segmentation3d
+
+        return finetune_segmentation3d(data, pretrained, out_dir, cfg, test_data, progress)
     from medfoundry.data.manifest import scan_segmentation_folder
     from medfoundry.data.segmentation import load_segmentation_set, structure_groups
     from medfoundry.evaluate.summary import mean_sd

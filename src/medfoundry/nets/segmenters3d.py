@@ -1,0 +1,151 @@
+"""3D segmentation networks by name: a registry of builders for fine-tuning and benchmarks.
+
+``create_segmenter3d(name, in_channels, num_classes, **options)`` builds a network mapping
+(B, C, D, H, W) to logits (B, num_classes, D, H, W). Each entry (``Segmenter3D``) says
+
+- ``build(in_channels, num_classes, options) -> nn.Module``;
+- ``size_multiple``: every patch / sliding-window side must be divisible by it;
+- ``from_checkpoint(meta) -> options``, or None for networks trained from scratch only. A
+  network that loads checkpoints exposes ``.encoder`` (``model.safetensors`` loads into it via
+  ``zoo.load_backbone``), optionally ``.decoder`` (``decoder.safetensors``, ``zoo.load_decoder``)
+  and ``.head`` (the output layer, always freshly initialised for the downstream classes).
+
+Networks: ``resnet_unet`` (the 3D ResNet-UNet of ``nets.unet``, Volume Fusion's segmenter and a
+VoCo backbone's U-Net), ``unet`` (MONAI ``BasicUNet``, scratch only) and ``swinunetr`` (MONAI
+``SwinUNETR``, scratch only; needs ``einops``). Adding a network is one entry of ``SEGMENTERS_3D``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from medfoundry.errors import MedfoundryError
+from medfoundry.nets.factory import create_backbone
+from medfoundry.nets.resnet import BACKBONES
+from medfoundry.nets.unet import ResNetUNet
+
+Options = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Segmenter3D:
+    """A registered 3D segmentation network (see the module doc for the contract)."""
+
+    build: Callable[[int, int, Options], nn.Module]
+    size_multiple: int
+    from_checkpoint: Callable[[dict[str, Any]], Options] | None = None
+    description: str = ""
+
+
+def _build_resnet_unet(in_channels: int, num_classes: int, options: Options) -> nn.Module:
+    """3D ResNet encoder (``backbone``: name, width) + skip decoder (``decoder_channels``)."""
+    bb = {"name": "resnet18", "width": 1.0, **dict(options.get("backbone") or {})}
+    backbone = create_backbone(
+        name=str(bb["name"]),
+        in_channels=in_channels,
+        width=float(bb["width"]),
+        spatial_dims=3,
+    )
+    channels = options.get("decoder_channels") or (256, 128, 64, 32, 16)
+    return ResNetUNet(backbone, num_classes, decoder_channels=[int(c) for c in channels])
+
+
+def _resnet_unet_options(meta: dict[str, Any]) -> Options:
+    """The ResNet-UNet a checkpoint's encoder (and Volume Fusion decoder) fits into."""
+    bb = dict(meta["backbone"])
+    options: Options = {"backbone": {"name": bb["name"], "width": float(bb.get("width", 1.0))}}
+    decoder = meta.get("decoder") or {}
+    if decoder.get("type") == "resnet_unet" and decoder.get("decoder_channels"):
+        options["decoder_channels"] = [int(c) for c in decoder["decoder_channels"]]
+    return options
+
+
+def _build_unet(in_channels: int, num_classes: int, options: Options) -> nn.Module:
+    """MONAI BasicUNet (4 poolings; ``features``: six channel counts)."""
+    from monai.networks.nets import BasicUNet
+
+    features = tuple(int(f) for f in options.get("features") or (16, 16, 32, 64, 128, 16))
+    return BasicUNet(
+        spatial_dims=3, in_channels=in_channels, out_channels=num_classes, features=features
+    )
+
+
+def _build_swinunetr(in_channels: int, num_classes: int, options: Options) -> nn.Module:
+    """MONAI SwinUNETR (``feature_size`` divisible by 12, ``depths``, ``num_heads``); MONAI's
+    implementation needs the ``einops`` package."""
+    if importlib.util.find_spec("einops") is None:
+        raise MedfoundryError(
+            "network swinunetr needs the einops package (MONAI's SwinUNETR uses it): "
+            "pip install einops"
+        )
+    from monai.networks.nets import SwinUNETR
+
+    return SwinUNETR(
+        in_channels=in_channels,
+        out_channels=num_classes,
+        feature_size=int(options.get("feature_size", 24)),
+        depths=tuple(int(d) for d in options.get("depths") or (2, 2, 2, 2)),
+        num_heads=tuple(int(h) for h in options.get("num_heads") or (3, 6, 12, 24)),
+        spatial_dims=3,
+    )
+
+
+SEGMENTERS_3D: dict[str, Segmenter3D] = {
+    "resnet_unet": Segmenter3D(
+        _build_resnet_unet, 32, _resnet_unet_options, "3D ResNet-UNet (Volume Fusion, VoCo)"
+    ),
+    "unet": Segmenter3D(_build_unet, 16, None, "MONAI BasicUNet, scratch only"),
+    "swinunetr": Segmenter3D(_build_swinunetr, 32, None, "MONAI SwinUNETR, scratch only"),
+}
+
+
+def segmenter3d_names() -> list[str]:
+    """Every name ``create_segmenter3d`` accepts."""
+    return sorted(SEGMENTERS_3D)
+
+
+def get_segmenter3d(name: str) -> Segmenter3D:
+    """The registry entry of ``name`` (ValueError naming the choices otherwise)."""
+    if name not in SEGMENTERS_3D:
+        raise ValueError(f"unknown 3D network {name!r}; choose from {segmenter3d_names()}")
+    return SEGMENTERS_3D[name]
+
+
+def create_segmenter3d(name: str, in_channels: int, num_classes: int, **options: Any) -> nn.Module:
+    """Build the registered 3D network ``name`` (logits (B, num_classes, D, H, W))."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
+    return get_segmenter3d(name).build(int(in_channels), int(num_classes), options)
+
+
+def check_patch(name: str, patch: Sequence[int]) -> None:
+    """Raise ValueError unless every side of ``patch`` suits network ``name``."""
+    multiple = get_segmenter3d(name).size_multiple
+    bad = [int(s) for s in patch if int(s) < 1 or int(s) % multiple]
+    if len(patch) != 3 or bad:
+        raise ValueError(
+            f"patch {list(patch)} (D, H, W) does not fit {name}: every side must be a positive "
+            f"multiple of {multiple}"
+        )
+
+
+def network_for_checkpoint(meta: dict[str, Any]) -> str:
+    """The registered network a 3D checkpoint loads into: its decoder's type, else its
+    backbone's name, else ``resnet_unet`` for a ResNet backbone."""
+    decoder_type = (meta.get("decoder") or {}).get("type")
+    backbone = str((meta.get("backbone") or {}).get("name", ""))
+    for candidate in (decoder_type, backbone):
+        if candidate in SEGMENTERS_3D and SEGMENTERS_3D[candidate].from_checkpoint is not None:
+            return str(candidate)
+    if backbone in BACKBONES:
+        return "resnet_unet"
+    loadable = [n for n, s in SEGMENTERS_3D.items() if s.from_checkpoint is not None]
+    raise ValueError(
+        f"no 3D network loads a checkpoint with backbone {backbone!r} and decoder "
+        f"{decoder_type!r}; networks that load checkpoints: {loadable}"
+    )

@@ -1,0 +1,580 @@
+"""Few-label 3D segmentation: train on store patches, predict whole volumes, evaluate per case.
+
+``medfoundry finetune --task segmentation`` takes this path when ``--data`` is a 3D store
+(``medfoundry prepare``) or an nnU-Net/MSD folder, or when ``--pretrained`` is a 3D checkpoint.
+
+- **Network** (``network``; ``nets.segmenters3d``): ``resnet_unet`` (default), ``unet`` or
+  ``swinunetr``, with its options under the key of the same name. With a checkpoint the network
+  is the one the checkpoint fits (Volume Fusion / VoCo: ``resnet_unet`` with the checkpoint's
+  backbone and decoder channels); scratch-only networks refuse a checkpoint.
+- **Initialisation**: the encoder from ``model.safetensors`` (``load_backbone``; all tensors
+  must load unless ``min_fraction`` < 1), the decoder from ``decoder.safetensors`` when the
+  checkpoint has one (``load_decoder``, where names and shapes match); the output head is always
+  new. The report (encoder n/N, decoder n/N or "none in checkpoint") is printed and stored.
+  A 2D checkpoint is refused; the checkpoint's store preprocessing must equal the data's
+  (``data.store3d_settings.COMPARED_KEYS``) or the run stops naming both, unless
+  ``check_preprocessing: false``.
+- **Data**: an MSD folder is first prepared into ``<out>/store`` (with the checkpoint's
+  preprocessing when it records one and ``prepare.match_checkpoint``, else ``prepare``'s
+  settings); a test MSD folder into ``<out>/test_store`` with the training store's settings.
+  Validation cases (``val_fraction`` of the labeled cases, seeded) leave the training set.
+- **Training**: ``steps`` steps of ``batch_size`` foreground-balanced patches
+  (``foreground_fraction``, default 1/3; ``data.patches3d``) of ``patch_size`` voxels (D, H, W),
+  Dice + CE, AdamW with warm-up + cosine (``train.segment3d_module``); intensity jitter, no
+  flips by default (``augment.flip_axes``: anterior/posterior-type labels are tied to the
+  anatomy's orientation, and the store keeps every volume in one orientation, so a flip only
+  teaches a pose that never occurs; "W" (left-right) is the one safe choice for such labels).
+  Every ``val_every`` steps the validation volumes are segmented whole (sliding window) and the
+  weights with the best mean validation Dice are kept.
+- **Empty labels**: a training case whose label is empty stays in the training set (it teaches
+  background; its foreground-centred patches fall back to uniform ones), with a warning.
+- **Evaluation**: per case and class, Dice and HD95 in mm on the store's grid (resampled to
+  ``target_spacing``, foreground-cropped; the crop keeps every label voxel), conventions in
+  ``evaluate.metrics3d``. The run folder gets ``cases.csv`` (one row per evaluated case),
+  ``metrics.json`` (summary, load report), ``config.json``, ``versions.json`` and
+  ``checkpoint/`` (whole network + decoder, reusable as ``--pretrained``).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import random
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from medfoundry.config import merge
+from medfoundry.data.cases3d import is_msd_layout
+from medfoundry.data.patches3d import PatchBatches, StoreVolumes
+from medfoundry.data.store3d import prepare_store
+from medfoundry.data.store3d_reader import STORE_FILE, Store, open_store
+from medfoundry.data.store3d_settings import (
+    checkpoint_preprocessing,
+    describe_diff,
+    prepare_kwargs,
+    preprocessing_diff,
+)
+from medfoundry.errors import CheckpointError, InputError, MedfoundryError
+from medfoundry.evaluate.metrics3d import dice_per_class, hd95_per_class
+from medfoundry.evaluate.summary import describe
+from medfoundry.nets.segmenters3d import (
+    check_patch,
+    create_segmenter3d,
+    get_segmenter3d,
+    network_for_checkpoint,
+)
+from medfoundry.runtime import atomic_write_json, atomic_write_text, record_run, seed_everything
+from medfoundry.train.engine import BestWeights, make_trainer
+from medfoundry.train.inference3d import predict_volume, segment_volume
+from medfoundry.train.segment3d_module import DEFAULTS as MODULE_DEFAULTS
+from medfoundry.train.segment3d_module import Segment3DModule
+from medfoundry.zoo import has_decoder, load_backbone, load_decoder, read_metadata, save_checkpoint
+
+__all__ = [
+    "TRAIN_DEFAULTS",
+    "build_segmenter3d",
+    "evaluate_cases",
+    "finetune_segmentation3d",
+    "is_3d_segmentation",
+    "network_setup",
+    "predict_volume",
+    "segment_volume",
+    "train_segmenter3d",
+]
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    **copy.deepcopy(MODULE_DEFAULTS),
+    "network": "resnet_unet",
+    "resnet_unet": {
+        "backbone": {"name": "resnet18", "width": 0.5},
+        "decoder_channels": [128, 64, 32, 16, 8],
+    },
+    "unet": {"features": [16, 16, 32, 64, 128, 16]},
+    "swinunetr": {"feature_size": 12, "depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24]},
+    "patch_size": [32, 64, 32],
+    "batch_size": 2,
+    "steps": 2000,
+    "val_every": 200,
+    "foreground_fraction": 1.0 / 3.0,
+    "precision": "32-true",
+    "accelerator": "auto",
+    "devices": 1,
+    "num_workers": 0,
+    "min_fraction": 1.0,  # share of encoder tensors a checkpoint must provide
+    "check_preprocessing": True,
+    "hd95": True,
+    "val_fraction": 0.2,
+    "seed": 0,
+    "prepare": {
+        "target_spacing": None,  # None: the dataset's median spacing
+        "modality": "auto",
+        "ct_clip": [-1000.0, 1000.0],
+        "mr_percentiles": [0.5, 99.5],
+        "crop_foreground": True,
+        "match_checkpoint": True,  # prepare MSD folders with the checkpoint's preprocessing
+    },
+}
+
+
+# --- inputs ---------------------------------------------------------------------------------
+def is_store(path: str | Path) -> bool:
+    """Whether ``path`` is a 3D store folder (holds ``store.json``)."""
+    return (Path(path) / STORE_FILE).is_file()
+
+
+def is_3d_segmentation(data: str | Path, pretrained: str | Path | None) -> bool:
+    """Whether fine-tuning on ``data`` is 3D: a store or MSD folder, or a 3D checkpoint."""
+    if is_store(data) or is_msd_layout(Path(data)):
+        return True
+    if pretrained is not None:
+        return checkpoint_dims(read_metadata(pretrained)) == 3
+    return False
+
+
+def checkpoint_dims(meta: dict[str, Any]) -> int:
+    """A checkpoint's spatial dims (top level, else its backbone's; 2 when unrecorded)."""
+    return int(meta.get("spatial_dims", (meta.get("backbone") or {}).get("spatial_dims", 2)))
+
+
+def require_3d_checkpoint(meta: dict[str, Any], path: str | Path) -> None:
+    """Raise ``CheckpointError`` unless the checkpoint holds a 3D network."""
+    dims = checkpoint_dims(meta)
+    if dims != 3:
+        raise CheckpointError(
+            f"{path}: a {dims}D checkpoint (method {meta.get('method')!r}, backbone "
+            f"{(meta.get('backbone') or {}).get('name')!r}) cannot initialise 3D segmentation; "
+            "pretrain with a 3D method (volume_fusion, voco) or pass --pretrained none"
+        )
+
+
+def prepare_settings(cfg: dict[str, Any], meta: dict[str, Any] | None) -> dict[str, Any]:
+    """``prepare_store`` arguments for raw folders: the checkpoint's preprocessing when it
+    records one (and ``prepare.match_checkpoint``), else the ``prepare`` config."""
+    prep = dict(cfg.get("prepare") or {})
+    recorded = checkpoint_preprocessing(meta) if meta is not None else None
+    if recorded is not None and prep.get("match_checkpoint", True):
+        return prepare_kwargs(recorded)
+    return {
+        "target_spacing": prep.get("target_spacing"),
+        "modality": str(prep.get("modality", "auto")),
+        "ct_clip": tuple(prep.get("ct_clip") or (-1000.0, 1000.0)),
+        "mr_percentiles": tuple(prep.get("mr_percentiles") or (0.5, 99.5)),
+        "crop_foreground": bool(prep.get("crop_foreground", True)),
+    }
+
+
+def open_or_prepare(
+    data: str | Path, store_dir: Path, settings: dict[str, Any], progress: bool = False
+) -> Store:
+    """``data`` itself when it is a store, else the store prepared from it into ``store_dir``
+    (reused when already there with the same settings)."""
+    if is_store(data):
+        return open_store(data)
+    if not is_msd_layout(Path(data)):
+        raise InputError(
+            data,
+            "not a 3D store (no store.json) nor an nnU-Net/MSD folder (imagesTr/, labelsTr/); "
+            "for 2D segmentation use an images/ + masks/<structure>/ folder",
+        )
+    prepare_store(data, store_dir, progress=progress, **settings)
+    return open_store(store_dir)
+
+
+def label_classes(store: Store) -> tuple[list[int], list[str]]:
+    """Foreground label values of a store and their names (dataset.json, else ``c<value>``)."""
+    named = store.info.get("labels") or {}
+    present = store.info.get("counts", {}).get("label_classes") or []
+    values = sorted({int(k) for k in named} | {int(v) for v in present})
+    values = [v for v in values if v > 0]
+    if not values:
+        raise InputError(store.root, "no foreground label value in the store's labels")
+    return values, [str(named.get(str(v), f"c{v}")) for v in values]
+
+
+def check_preprocessing(
+    meta: dict[str, Any], checkpoint: str | Path, store: Store, strict: bool = True
+) -> None:
+    """Stop (``CheckpointError``) when the checkpoint's store preprocessing differs from the
+    store's, naming both; warn instead when ``strict`` is False or nothing was recorded."""
+    recorded = checkpoint_preprocessing(meta)
+    if recorded is None:
+        warnings.warn(
+            f"{checkpoint}: records no 3D store preprocessing; cannot check it against "
+            f"{store.root}",
+            stacklevel=2,
+        )
+        return
+    diff = preprocessing_diff(recorded, store.preprocessing)
+    if not diff:
+        return
+    message = (
+        f"checkpoint {checkpoint} and store {store.root} differ in preprocessing "
+        f"({describe_diff(recorded, store.preprocessing, diff)}; checkpoint vs store); prepare "
+        "the data with the checkpoint's settings or set check_preprocessing=false"
+    )
+    if strict:
+        raise CheckpointError(message)
+    warnings.warn(message, stacklevel=2)
+
+
+# --- network --------------------------------------------------------------------------------
+def network_setup(cfg: dict[str, Any], pretrained: str | Path | None) -> dict[str, Any]:
+    """The network to build: ``{"network", "options", "checkpoint", "meta"}`` (from the
+    checkpoint when given, else ``cfg["network"]`` and ``cfg[<network>]``)."""
+    name = str(cfg.get("network", "resnet_unet"))
+    get_segmenter3d(name)  # a clear error for an unknown name
+    meta = None
+    if pretrained is not None:
+        meta = read_metadata(pretrained)
+        require_3d_checkpoint(meta, pretrained)
+        if get_segmenter3d(name).from_checkpoint is None:
+            raise CheckpointError(
+                f"network {name!r} trains from scratch only; a checkpoint ({pretrained}) "
+                "initialises resnet_unet (or another network that loads checkpoints)"
+            )
+        try:
+            name = network_for_checkpoint(meta)
+        except ValueError as e:
+            raise CheckpointError(f"{pretrained}: {e}") from e
+        if int(meta.get("in_channels", 1)) != 1:
+            raise CheckpointError(
+                f"{pretrained}: {meta.get('in_channels')} input channels; 3D stores hold one"
+            )
+    options = copy.deepcopy(dict(cfg.get(name) or {}))
+    if meta is not None:
+        from_checkpoint = get_segmenter3d(name).from_checkpoint
+        assert from_checkpoint is not None
+        options.update(from_checkpoint(meta))
+    return {
+        "network": name,
+        "options": options,
+        "checkpoint": None if pretrained is None else str(pretrained),
+        "meta": meta,
+    }
+
+
+def build_segmenter3d(
+    setup: dict[str, Any], num_classes: int, min_fraction: float = 1.0
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The network of ``setup`` with ``num_classes`` outputs, initialised from its checkpoint
+    (encoder, then decoder when there is one; the head stays new); returns (model, load info)."""
+    model = create_segmenter3d(setup["network"], 1, num_classes, **setup["options"])
+    ckpt = setup["checkpoint"]
+    if ckpt is None:
+        return model, {"summary": "random initialisation"}
+    enc = load_backbone(ckpt, model.encoder, min_fraction=min_fraction)
+    info: dict[str, Any] = {
+        "checkpoint": ckpt,
+        "encoder": f"{enc.loaded}/{enc.total_model}",
+        "encoder_report": enc.summary(),
+        "head": "re-initialised",
+    }
+    decoder = getattr(model, "decoder", None)
+    if has_decoder(ckpt) and isinstance(decoder, nn.Module):
+        dec = load_decoder(ckpt, decoder)
+        info["decoder"] = f"{dec.loaded}/{dec.total_model}"
+        info["decoder_report"] = dec.summary()
+    else:
+        info["decoder"] = "none in checkpoint"
+    info["summary"] = (
+        f"encoder {info['encoder']} tensors, decoder "
+        + (f"{info['decoder']} tensors" if "decoder_report" in info else info["decoder"])
+        + ", head re-initialised"
+    )
+    return model, info
+
+
+# --- training -------------------------------------------------------------------------------
+def train_segmenter3d(
+    store: Store,
+    train_indices: Sequence[int],
+    val_indices: Sequence[int],
+    *,
+    setup: dict[str, Any],
+    cfg: dict[str, Any],
+    seed: int,
+    out_dir: Path | None = None,
+    progress: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train on patches of the store's ``train_indices``; model-select on whole
+    ``val_indices`` volumes. Returns the CPU model in eval mode (best-by-validation weights, the
+    final ones without validation cases) and an info dict (load report, timings, history).
+    ``out_dir`` (optional) receives Lightning's CSV logs only."""
+    c = merge(TRAIN_DEFAULTS, cfg)
+    if not train_indices:
+        raise MedfoundryError("train_segmenter3d: no training cases")
+    patch = [int(s) for s in c["patch_size"]]
+    try:
+        check_patch(setup["network"], patch)
+    except ValueError as e:
+        raise MedfoundryError(f"config patch_size: {e}") from e
+    classes, names = label_classes(store)
+    seed_everything(seed)
+    model, info = build_segmenter3d(setup, max(classes) + 1, float(c["min_fraction"]))
+    steps = int(c["steps"])
+    module = Segment3DModule(model, classes, names, patch, cfg=c, max_steps=steps)
+    batches = PatchBatches(
+        store,
+        train_indices,
+        patch,
+        int(c["batch_size"]),
+        steps,
+        float(c["foreground_fraction"]),
+        seed=seed,
+    )
+    workers = int(c["num_workers"])
+    train_loader = DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers)
+    has_val = len(val_indices) > 0
+    val_loader = (
+        DataLoader(StoreVolumes(store, val_indices), batch_size=1, num_workers=workers)
+        if has_val
+        else None
+    )
+    best = BestWeights("val/dice_mean", mode="max")
+    trainer = make_trainer(
+        out_dir,
+        max_steps=steps,
+        precision=str(c["precision"]),
+        accelerator=str(c["accelerator"]),
+        devices=c["devices"],
+        progress=progress,
+        check_val_every_n_epoch=None if has_val else 1,
+        val_check_interval=max(1, min(int(c["val_every"]), steps)) if has_val else None,
+        save_checkpoints=False,
+        callbacks=[best] if has_val else [],
+        log_every_n_steps=max(1, min(10, steps)),
+    )
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    info["train_seconds"] = round(time.perf_counter() - start, 2)
+    info["steps"] = int(trainer.global_step)
+    if has_val and best.best_state is not None:
+        best.restore(module)
+        info["best_val_dice"] = best.best_score
+        info["best_step"] = best.best_step
+        info["val_history"] = [[s, round(v, 5)] for s, v in best.history]
+    return module.model.cpu().eval(), info
+
+
+# --- evaluation -----------------------------------------------------------------------------
+def evaluate_cases(
+    model: nn.Module,
+    store: Store,
+    indices: Sequence[int],
+    cfg: dict[str, Any],
+    device: str | torch.device | None = None,
+) -> list[dict[str, Any]]:
+    """One record per labeled case: id, shape, spacing, ``dice_<class>``, ``hd95_<class>``
+    (when ``cfg["hd95"]``) and ``dice_mean`` over the foreground classes."""
+    c = merge(TRAIN_DEFAULTS, cfg)
+    classes, names = label_classes(store)
+    sw = c["sliding_window"]
+    roi = [int(s) for s in c["patch_size"]]
+    if device is None:
+        device = (
+            "cpu" if str(c["accelerator"]) == "cpu" or not torch.cuda.is_available() else "cuda"
+        )
+    model = model.to(device)
+    records = []
+    for i in indices:
+        case = store.cases[int(i)]
+        label = store.label(int(i), mmap=False)
+        if label is None:
+            continue
+        image = store.image(int(i), mmap=False).astype(np.float32)  # (1, D, H, W)
+        pred = segment_volume(
+            model,
+            image,
+            roi,
+            overlap=float(sw["overlap"]),
+            sw_batch_size=int(sw["sw_batch_size"]),
+            mode=str(sw["mode"]),
+            device=device,
+        )
+        dice = dice_per_class(pred, label[0], classes)
+        record: dict[str, Any] = {
+            "id": case["id"],
+            "shape": list(case["shape"]),
+            "spacing": list(case["spacing"]),
+            "empty_label": bool(case.get("empty_label", False)),
+        }
+        record.update({f"dice_{n}": round(float(d), 6) for n, d in zip(names, dice, strict=True)})
+        record["dice_mean"] = round(float(dice.mean()), 6)
+        if c["hd95"]:
+            hd = hd95_per_class(pred, label[0], classes, case["spacing"])
+            record.update({f"hd95_{n}": round(float(h), 4) for n, h in zip(names, hd, strict=True)})
+        records.append(record)
+    return records
+
+
+def summarise(records: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """Mean / sd / n over cases of every per-class metric in ``records``."""
+    keys = [f"dice_{n}" for n in names] + ["dice_mean"] + [f"hd95_{n}" for n in names]
+    return {k: describe([r[k] for r in records]) for k in keys if records and k in records[0]}
+
+
+def write_cases_csv(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Per-case metrics as CSV (one row per case, written atomically)."""
+    columns: list[str] = []
+    for r in records:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow(
+            {k: ("x".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()}
+        )
+    atomic_write_text(path, buf.getvalue())
+
+
+def split_validation(
+    indices: Sequence[int], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """(train, validation) case indices; at least one validation case when there are two or
+    more cases, and at least one training case."""
+    order = list(indices)
+    random.Random(seed).shuffle(order)
+    n = len(order)
+    n_val = min(max(1, int(round(n * float(val_fraction)))), n - 1) if n > 1 else 0
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def checkpoint_meta(
+    setup: dict[str, Any],
+    model: nn.Module,
+    store: Store,
+    cfg: dict[str, Any],
+    classes: Sequence[int],
+    names: Sequence[str],
+    load: dict[str, Any],
+) -> dict[str, Any]:
+    """Metadata of a fine-tuned 3D segmenter (rebuild, feed and reuse it as --pretrained)."""
+    meta: dict[str, Any] = {
+        "task": "segmentation",
+        "method": "finetune",
+        "network": setup["network"],
+        "network_options": setup["options"],
+        "num_classes": max(classes) + 1,
+        "labels": {str(v): n for v, n in zip(classes, names, strict=True)},
+        "in_channels": 1,
+        "spatial_dims": 3,
+        "axis_order": "CDHW (D, H, W = SPL)",
+        "input_size": [int(s) for s in cfg["patch_size"]],
+        "sliding_window": dict(cfg["sliding_window"]),
+        "normalization": {"name": "store", **store.preprocessing},
+        "pretrained_from": setup["checkpoint"],
+        "load_report": load.get("summary"),
+    }
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, nn.Module) and hasattr(encoder, "config"):
+        meta["backbone"] = dict(encoder.config)
+    if setup["network"] == "resnet_unet":
+        meta["decoder"] = {
+            "type": "resnet_unet",
+            "decoder_channels": list(model.config["decoder_channels"]),
+        }
+    return meta
+
+
+def finetune_segmentation3d(
+    data: str | Path,
+    pretrained: str | Path | None,
+    out_dir: str | Path,
+    cfg: dict[str, Any],
+    test_data: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune a 3D segmenter on a store or MSD folder; evaluate validation (and test)
+    cases; write the run folder (module doc). Returns the metrics written to metrics.json."""
+    c = merge(TRAIN_DEFAULTS, cfg)
+    out = Path(out_dir)
+    seed = int(c["seed"])
+    setup = network_setup(c, pretrained)
+    store = open_or_prepare(data, out / "store", prepare_settings(c, setup["meta"]), progress)
+    if setup["meta"] is not None:
+        check_preprocessing(setup["meta"], pretrained, store, bool(c["check_preprocessing"]))
+    classes, names = label_classes(store)
+    labeled = store.labeled_indices
+    if not labeled:
+        raise InputError(store.root, "no labeled case to train on")
+    empty = [store.case_ids[i] for i in labeled if store.cases[i].get("empty_label")]
+    if empty:
+        warnings.warn(
+            f"{len(empty)} training case(s) with an empty label kept as background-only "
+            f"examples ({', '.join(empty[:10])})",
+            stacklevel=2,
+        )
+    train_idx, val_idx = split_validation(labeled, float(c["val_fraction"]), seed)
+    record_run(
+        out,
+        {
+            **c,
+            "data": str(data),
+            "store": str(store.root),
+            "pretrained": None if pretrained is None else str(pretrained),
+            "test_data": None if test_data is None else str(test_data),
+            "network_resolved": {"network": setup["network"], "options": setup["options"]},
+        },
+    )
+    model, info = train_segmenter3d(
+        store, train_idx, val_idx, setup=setup, cfg=c, seed=seed, out_dir=out, progress=progress
+    )
+    print(f"initialisation: {info['summary']}")
+    records = [{"split": "val", **r} for r in evaluate_cases(model, store, val_idx, c)]
+    metrics: dict[str, Any] = {
+        "load": {k: v for k, v in info.items() if k in _LOAD_KEYS},
+        "network": setup["network"],
+        "n_train": len(train_idx),
+        "n_val": len(val_idx),
+        "train_ids": [store.case_ids[i] for i in train_idx],
+        "val_ids": [store.case_ids[i] for i in val_idx],
+        "empty_label_training_cases": empty,
+        "best_val_dice": info.get("best_val_dice"),
+        "best_step": info.get("best_step"),
+        "val_history": info.get("val_history"),
+        "train_seconds": info.get("train_seconds"),
+        "val": summarise(records, names),
+    }
+    if test_data is not None:
+        test_store = open_or_prepare(
+            test_data, out / "test_store", prepare_kwargs(store.preprocessing), progress
+        )
+        diff = preprocessing_diff(store.preprocessing, test_store.preprocessing)
+        if diff:
+            raise InputError(
+                test_store.root,
+                f"preprocessed differently from the training store {store.root} "
+                f"({describe_diff(store.preprocessing, test_store.preprocessing, diff)})",
+            )
+        test_records = evaluate_cases(model, test_store, test_store.labeled_indices, c)
+        records += [{"split": "test", **r} for r in test_records]
+        metrics["n_test"] = len(test_records)
+        metrics["test"] = summarise(test_records, names)
+        print(
+            "test Dice: "
+            + ", ".join(f"{n} {metrics['test'][f'dice_{n}']['mean']:.3f}" for n in names)
+        )
+    write_cases_csv(out / "cases.csv", records)
+    meta = checkpoint_meta(setup, model, store, c, classes, names, info)
+    decoder = getattr(model, "decoder", None)
+    save_checkpoint(
+        out / "checkpoint",
+        model.state_dict(),
+        meta,
+        decoder=decoder.state_dict() if isinstance(decoder, nn.Module) else None,
+    )
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+_LOAD_KEYS = ("summary", "checkpoint", "encoder", "encoder_report", "decoder", "decoder_report")
