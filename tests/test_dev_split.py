@@ -48,3 +48,23 @@ def test_class_folder_split_keeps_patients_whole(tmp_path):
     test_patients = {f.name.split("_")[0] for f in (out / "test" / "PNEUMONIA").iterdir()}
     train_patients = {f.name.split("_")[0] for f in (out / "train" / "PNEUMONIA").iterdir()}
     assert len(test_patients) == 3 and not test_patients & train_patients
+
+
+def test_msd_split_links_cases_and_rewrites_the_count(tmp_path):
+    import json
+
+    src = tmp_path / "msd"
+    for folder in ("imagesTr", "labelsTr"):
+        (src / folder).mkdir(parents=True)
+        for i in range(5):
+            (src / folder / f"case_{i:03d}.nii.gz").write_bytes(b"x")
+    (src / "dataset.json").write_text(json.dumps({"name": "toy", "numTraining": 5}))
+    out = tmp_path / "split"
+    cmd = [sys.executable, str(TOOL), "--source", str(src), "--out", str(out), "--test", "2"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    parts = {p: {f.name for f in (out / p / "imagesTr").iterdir()} for p in ("train", "test")}
+    assert len(parts["test"]) == 2 and len(parts["train"]) == 3
+    assert not parts["train"] & parts["test"]
+    for part, names in parts.items():
+        assert {f.name for f in (out / part / "labelsTr").iterdir()} == names
+        assert json.loads((out / part / "dataset.json").read_text())["numTraining"] == len(names)

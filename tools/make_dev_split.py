@@ -3,13 +3,16 @@
 For development runs of `medfoundry benchmark jsrt-fewshot` / `kermany-label-efficiency` when no
 held-out test folder is at hand: a seeded subset of the training pool becomes a *dev* test
 folder, the rest the training pool. A segmentation folder (images/<ID>.png,
-masks/<structure>/<ID>.png) is split by image id (`--test` images); a class-folder tree
+masks/<structure>/<ID>.png) is split by image id (`--test` images), an MSD / nnU-Net folder
+(imagesTr/, labelsTr/, dataset.json) by case (`--test` cases; dataset.json is copied to both
+parts with its case count and any `training` list rewritten); a class-folder tree
 (<CLASS>/<images>, e.g. Kermany) by patient (`--test-fraction` of each class's patients, whole
 patients only, so no patient is in both parts). The output folders hold symbolic links to the
 source files, nothing is copied. Numbers measured on such a split are development numbers,
 not test results.
 
     python tools/make_dev_split.py --source JSRT_DIR --out .data/jsrt_dev --test 40 --seed 0
+    python tools/make_dev_split.py --source HIPPOCAMPUS_DIR --out .data/hippo_dev --test 52
     python tools/make_dev_split.py --source KERMANY_DIR --out .data/kermany_dev --test-fraction 0.25
 """
 
@@ -48,6 +51,39 @@ def make_split(source: Path, out: Path, n_test: int, seed: int) -> tuple[int, in
         f"source: {source.name}\nseed: {seed}\ntest ids ({len(test)}): {' '.join(sorted(test))}\n"
     )
     return len(ids) - len(test), len(test)
+
+
+def make_msd_split(source: Path, out: Path, n_test: int, seed: int) -> tuple[int, int]:
+    """Link `n_test` seeded cases (image + label) into out/test, the rest into out/train."""
+    import json
+
+    images = sorted(p for p in (source / "imagesTr").iterdir() if p.name.endswith(".nii.gz"))
+    if not 0 < n_test < len(images):
+        raise SystemExit(f"--test must be between 1 and {len(images) - 1}, got {n_test}")
+    names = [p.name for p in images]
+    test = set(random.Random(seed).sample(names, n_test))
+    dataset = json.loads((source / "dataset.json").read_text())
+    for part in ("train", "test"):
+        keep = [n for n in names if (n in test) == (part == "test")]
+        for folder in ("imagesTr", "labelsTr"):
+            for name in keep:
+                src, dst = source / folder / name, out / part / folder / name
+                if not src.exists():
+                    continue
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if dst.is_symlink() or dst.exists():
+                    dst.unlink()
+                dst.symlink_to(src.resolve())
+        meta = {**dataset, "numTraining": len(keep)}
+        if "training" in dataset:  # MSD v1 lists its cases; nnU-Net v2 counts them only
+            meta["training"] = [e for e in dataset["training"] if Path(e["image"]).name in keep]
+        meta.pop("test", None)
+        meta.pop("numTest", None)
+        (out / part / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / "split.txt").write_text(
+        f"source: {source.name}\nseed: {seed}\ntest cases ({len(test)}): {' '.join(sorted(test))}\n"
+    )
+    return len(names) - len(test), len(test)
 
 
 def make_class_split(source: Path, out: Path, fraction: float, seed: int) -> tuple[int, int]:
@@ -95,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if (args.source / "images").is_dir():
+    if (args.source / "imagesTr").is_dir():
+        n_train, n_test = make_msd_split(args.source, args.out, args.test, args.seed)
+    elif (args.source / "images").is_dir():
         n_train, n_test = make_split(args.source, args.out, args.test, args.seed)
     else:
         fraction = 0.25 if args.test_fraction is None else args.test_fraction
