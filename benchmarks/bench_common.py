@@ -169,14 +169,21 @@ def run_context(quick: bool) -> dict[str, Any]:
 
 
 def bench_args(
-    description: str, default_out: Path | None, quick_help: str, argv: list[str] | None
+    description: str,
+    default_out: Path | None,
+    quick_help: str,
+    argv: list[str] | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.Namespace:
-    """The flags every benchmark takes (--quick, --out, --device, --threads); sets the threads."""
+    """The flags every benchmark takes (--quick, --out, --device, --threads), plus those
+    ``add_arguments`` adds; sets the threads."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--out", type=Path, default=default_out, help="results as JSON")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -15,7 +15,7 @@ from medfoundry.data.store3d import prepare_store
 from medfoundry.data.store3d_reader import open_store
 from medfoundry.errors import CheckpointError, InputError, MedfoundryError
 from medfoundry.evaluate.hippocampus_fewshot import parse_budgets, run_hippocampus_fewshot
-from medfoundry.nets import create_backbone
+from medfoundry.nets import PCTNet, create_backbone
 from medfoundry.nets.unet import ResNetUNet
 from medfoundry.zoo import save_checkpoint
 
@@ -126,6 +126,47 @@ def test_2d_checkpoint_is_refused_before_any_work(folders, tmp_path):
     assert not (tmp_path / "b" / "stores").exists()
 
 
+def _pctnet_checkpoint(folder, train):
+    """A Volume Fusion PCT-Net-style checkpoint (encoder + decoder) with ``train``'s store
+    preprocessing."""
+    torch.manual_seed(0)
+    prepare_store(train, folder / "store", progress=False)
+    pre = open_store(folder / "store").preprocessing
+    net = PCTNet(create_backbone("pctnet", width=0.125, window_size=4), 5, deep_supervision=True)
+    meta = {
+        "method": "volume_fusion",
+        "backbone": net.encoder.config,
+        "in_channels": 1,
+        "spatial_dims": 3,
+        "decoder": net.decoder.config,
+        "normalization": {"name": "store", **pre},
+    }
+    ckpt = folder / "vf_pct" / "checkpoint"
+    save_checkpoint(ckpt, net.encoder.state_dict(), meta, decoder=net.decoder.state_dict())
+    return ckpt, net
+
+
+def test_pctnet_checkpoint_runs_with_a_pctnet_scratch_arm(folders, tmp_path):
+    train, test, _ = folders
+    ckpt, net = _pctnet_checkpoint(tmp_path, train)
+    cfg = {**CFG, "budgets": [2], "steps": 2, "patch_size": [16, 32, 32]}
+    with pytest.warns(UserWarning, match="empty label"):
+        res = run_hippocampus_fewshot(train, test, [ckpt], tmp_path / "b", cfg, progress=False)
+    arms = res["arms"]
+    assert {a["network"] for a in arms.values()} == {"pctnet"} and len(arms) == 2
+    assert arms["scratch"]["options"] == arms["volume_fusion-vf_pct"]["options"]
+    n_enc, n_dec = len(net.encoder.state_dict()), len(net.decoder.state_dict())
+    assert arms["volume_fusion-vf_pct"]["load_report"] == (
+        f"encoder {n_enc}/{n_enc} tensors, decoder {n_dec}/{n_dec} tensors, "
+        "head and aux_heads re-initialised"
+    )
+    assert len(res["runs"]["scratch"]["2"]["0"]["dice"]["anterior"]) == 3
+    bad = {**cfg, "patch_size": [12, 32, 32]}  # resolution_mode 1: D must be a multiple of 8
+    with pytest.raises(MedfoundryError, match=r"arm volume_fusion-vf_pct: .*D = 12 is not"):
+        run_hippocampus_fewshot(train, test, [ckpt], tmp_path / "c", bad, progress=False)
+    assert not (tmp_path / "c" / "stores").exists()  # refused before any work
+
+
 def test_budgets_parse():
     assert parse_budgets([5, "10", "all", 5]) == [5, 10, "all"]
     with pytest.raises(MedfoundryError, match="budget"):
@@ -139,3 +180,13 @@ def test_cli_help_lists_the_benchmark(capsys):
         main(["benchmark", "hippocampus-fewshot", "--help"])
     text = capsys.readouterr().out
     assert "--train-data" in text and "hippocampus_fewshot_cpu" in text
+
+
+def test_hd95_off_gives_dice_only_outputs(folders, tmp_path):
+    train, test, _ = folders
+    cfg = {**CFG, "budgets": [2], "steps": 2, "hd95": False}
+    with pytest.warns(UserWarning, match="empty label"):
+        res = run_hippocampus_fewshot(train, test, ["none"], tmp_path / "o", cfg, progress=False)
+    assert "summary_hd95" not in res and "hd95" not in res["runs"]["scratch"]["2"]["0"]
+    md = (tmp_path / "o" / "results.md").read_text()
+    assert "Dice" in md and "HD95" not in md

@@ -10,12 +10,15 @@ import torch
 
 import medfoundry.nets.segmenters3d as seg
 from medfoundry.errors import MedfoundryError
+from medfoundry.nets import create_backbone
+from medfoundry.nets.pctnet import PCTNetDecoder
 from medfoundry.nets.segmenters3d import (
     Segmenter3D,
     check_patch,
     create_segmenter3d,
     network_for_checkpoint,
     segmenter3d_names,
+    size_multiple_of,
 )
 
 SMALL = {
@@ -37,8 +40,35 @@ def test_every_network_maps_a_patch_to_class_logits_of_its_shape(name):
     assert net(x).shape == (2, 3, 32, 64, 32)
 
 
-def test_registry_lists_the_three_networks_and_rejects_unknown_names():
-    assert {"resnet_unet", "unet", "swinunetr"} <= set(segmenter3d_names())
+def test_pctnet_returns_deep_supervision_outputs_in_training_and_one_in_eval():
+    torch.manual_seed(0)
+    options = {"backbone": {"name": "pctnet", "width": 0.125, "window_size": 4}}
+    net = create_segmenter3d("pctnet", 1, 3, **options)
+    x = torch.randn(2, 1, 8, 32, 16)  # (B, C, D, H, W): mode 1 takes D = 8
+    outputs = net(x)
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 8, 32, 16)] * 4
+    assert net.eval()(x).shape == (2, 3, 8, 32, 16)
+    plain = create_segmenter3d("pctnet", 1, 3, **options, deep_supervision=False)
+    assert plain.train()(x).shape == (2, 3, 8, 32, 16) and len(plain.aux_heads) == 0
+    with pytest.raises(ValueError, match="pctnet backbone"):
+        create_segmenter3d("pctnet", 1, 3, backbone={"name": "resnet18"})
+
+
+def test_size_multiples_are_per_axis():
+    assert size_multiple_of("resnet_unet") == (32, 32, 32)
+    assert size_multiple_of("unet") == (16, 16, 16)
+    assert size_multiple_of("pctnet") == (8, 16, 16)  # PCTNetEncoder's default mode 1
+    for mode, multiple in {0: (16, 16, 16), 1: (8, 16, 16), 2: (4, 16, 16)}.items():
+        assert size_multiple_of("pctnet", {"backbone": {"resolution_mode": mode}}) == multiple
+    check_patch("pctnet", [4, 16, 32], {"backbone": {"resolution_mode": 2}})
+    with pytest.raises(ValueError, match=r"\(4, 16, 16\) along \(D, H, W\) \(W = 24 is not\)"):
+        check_patch("pctnet", [4, 16, 24], {"backbone": {"resolution_mode": 2}})
+    with pytest.raises(ValueError, match="three sides"):
+        check_patch("unet", [16, 16])
+
+
+def test_registry_lists_the_networks_and_rejects_unknown_names():
+    assert {"resnet_unet", "pctnet", "unet", "swinunetr"} <= set(segmenter3d_names())
     with pytest.raises(ValueError, match="unknown 3D network"):
         create_segmenter3d("vnet", 1, 3)
     with pytest.raises(ValueError, match="num_classes"):
@@ -74,8 +104,21 @@ def test_checkpoints_resolve_to_the_network_they_load_into():
         network_for_checkpoint({"backbone": {"name": "swin"}})
 
 
+def test_pctnet_checkpoints_resolve_to_pctnet_with_the_encoder_arguments():
+    encoder = create_backbone("pctnet", width=0.125, window_size=4, resolution_mode=2)
+    decoder = PCTNetDecoder.from_encoder(encoder)
+    meta = {"backbone": encoder.config, "decoder": decoder.config}
+    assert network_for_checkpoint(meta) == "pctnet"
+    assert network_for_checkpoint({"backbone": encoder.config}) == "pctnet"  # encoder only
+    options = seg.SEGMENTERS_3D["pctnet"].from_checkpoint(meta)
+    net = create_segmenter3d("pctnet", 1, 4, **options)
+    assert net.encoder.config == encoder.config and net.decoder.config == decoder.config
+    assert size_multiple_of("pctnet", options) == (4, 16, 16)
+
+
 def test_one_registry_entry_adds_a_network_that_loads_checkpoints(monkeypatch):
-    """What PCT-Net needs: a builder, a size multiple and a checkpoint -> options rule."""
+    """A builder, a size multiple (an int counts for every axis) and a checkpoint -> options
+    rule are all a network needs."""
 
     def build(in_channels, num_classes, options):
         return torch.nn.Conv3d(in_channels, num_classes, int(options.get("k", 1)))

@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from synthetic3d import write_blob_msd
 
 from medfoundry.cli import main
@@ -21,6 +22,7 @@ from medfoundry.data.store3d_reader import open_store
 from medfoundry.errors import CheckpointError, InputError, MedfoundryError
 from medfoundry.evaluate.metrics3d import dice_per_class, hd95_per_class
 from medfoundry.nets import create_backbone
+from medfoundry.nets.pctnet import PCTNetDecoder, deep_supervision_weights
 from medfoundry.nets.segmenters3d import create_segmenter3d
 from medfoundry.tasks.pretrain import pretrain
 from medfoundry.tasks.segmentation3d import (
@@ -29,9 +31,11 @@ from medfoundry.tasks.segmentation3d import (
     evaluate_cases,
     finetune_segmentation3d,
     network_setup,
+    network_size_multiple,
     predict_volume,
     train_segmenter3d,
 )
+from medfoundry.train.segment3d_module import Segment3DModule
 from medfoundry.zoo import read_metadata, save_checkpoint
 
 TINY_RESNET = {"backbone": {"name": "resnet10", "width": 0.125}, "decoder_channels": [8] * 5}
@@ -69,6 +73,28 @@ def vf_run(data):
         ],
     )
     return pretrain(cfg, [data["store"]], data["base"] / "vf", progress=False)
+
+
+TINY_PCTNET = {"backbone": {"name": "pctnet", "width": 0.125, "window_size": 4}}
+
+
+@pytest.fixture(scope="module")
+def vf_pctnet_run(data):
+    """A real (one-epoch, tiny) Volume Fusion PCT-Net pretraining run, through the CLI."""
+    run = data["base"] / "vf_pctnet"
+    args = ["pretrain", "--method", "volume_fusion", "--config", "volume_fusion_pctnet"]
+    args += ["--data", str(data["store"]), "--out", str(run), "--no-progress", "--epochs", "1"]
+    args += ["--batch-size", "2", "--accelerator", "cpu", "--devices", "1"]
+    for pair in (
+        "backbone.width=0.125",
+        "backbone.window_size=4",
+        "data.crop_size=[16, 32, 32]",
+        "data.crops_per_volume=1",
+        "data.val_fraction=0.2",
+    ):
+        args += ["--set", pair]
+    assert main(args) == 0
+    return run
 
 
 def test_dice_on_a_learnable_blob_rises_and_loss_falls(data, tmp_path):
@@ -206,6 +232,83 @@ def test_finetune_cli_3d_from_a_volume_fusion_run(data, vf_run, tmp_path, capsys
     _, info = build_segmenter3d(network_setup({}, out), 3)
     assert info["decoder"] != "none in checkpoint"
     assert main([*args, "--image-size", "64"]) == 2  # a 2D flag on the 3D path
+
+
+def test_pctnet_volume_fusion_run_fine_tunes_with_every_encoder_and_decoder_tensor(
+    data, vf_pctnet_run, tmp_path, capsys
+):
+    meta = read_metadata(vf_pctnet_run)
+    n_enc = len(create_backbone(**meta["backbone"]).state_dict())
+    n_dec = len(PCTNetDecoder.from_config(meta["decoder"]).state_dict())
+    out = tmp_path / "run"
+    args = ["finetune", "--task", "segmentation", "--data", str(data["train"])]
+    args += ["--test-data", str(data["test"]), "--pretrained", str(vf_pctnet_run)]
+    args += ["--out", str(out), "--steps", "2", "--patch-size", "16", "32", "32"]
+    args += ["--set", "val_every=2", "--set", "accelerator=cpu", "--no-progress"]
+    assert main(args) == 0
+    summary = f"encoder {n_enc}/{n_enc} tensors, decoder {n_dec}/{n_dec} tensors"
+    assert summary in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["network"] == "pctnet" and metrics["n_test"] == 3
+    load = metrics["load"]
+    assert load["summary"] == f"{summary}, head and aux_heads re-initialised"
+    for part in ("encoder_report", "decoder_report"):
+        assert "(0 missing, 0 unused, 0 shape mismatches)" in load[part]
+    # the tensors are the checkpoint's, not merely counted
+    model, _ = build_segmenter3d(network_setup({}, vf_pctnet_run), 3)
+    for part, file in (("encoder", "model.safetensors"), ("decoder", "decoder.safetensors")):
+        saved = load_file(str(vf_pctnet_run / "checkpoint" / file))
+        state = getattr(model, part).state_dict()
+        assert all(torch.equal(state[k], v) for k, v in saved.items()), part
+    # the fine-tuned run is a PCT-Net checkpoint again
+    assert read_metadata(out)["decoder"]["type"] == "pctnet"
+    assert network_setup({}, out)["network"] == "pctnet"
+
+
+def test_pctnet_fine_tuning_is_deeply_supervised_and_validates_the_main_output():
+    torch.manual_seed(0)
+    model = create_segmenter3d("pctnet", 1, 3, **TINY_PCTNET)
+    module = Segment3DModule(model, [1, 2], ["a", "p"], [8, 16, 16], cfg={"augment": None})
+    images = torch.randn(2, 1, 8, 16, 16)
+    labels = torch.randint(0, 3, (2, 1, 8, 16, 16))
+    torch.manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        loss = module.training_step((images, labels), 0)
+    torch.manual_seed(1)  # the same dropout / drop-path draws
+    outputs = model(images)
+    assert len(outputs) == 4
+    terms = [module.criterion(o.float(), labels) for o in outputs]
+    weights = deep_supervision_weights(4)
+    assert torch.allclose(loss, sum(w * t for w, t in zip(weights, terms, strict=True)))
+    assert not torch.allclose(loss, terms[0])  # the auxiliary outputs count
+    probs = predict_volume(model, torch.rand(1, 11, 20, 17), [8, 16, 16])
+    assert probs.shape == (3, 11, 20, 17) and model.training
+
+
+def test_scratch_pctnet_from_the_config_and_the_per_axis_patch_rule(data, tmp_path):
+    cfg = {"network": "pctnet", "pctnet": TINY_PCTNET, "accelerator": "cpu", "hd95": False}
+    cfg |= {"patch_size": [8, 16, 16], "steps": 2, "val_every": 2}
+    metrics = finetune_segmentation3d(data["store"], None, tmp_path / "run", cfg, progress=False)
+    assert metrics["network"] == "pctnet"
+    assert metrics["load"]["summary"] == "random initialisation"
+    store = open_store(data["store"])
+    bad = {**cfg, "patch_size": [12, 16, 16]}  # D must be a multiple of 8 in resolution_mode 1
+    with pytest.raises(MedfoundryError, match=r"multiple of \(8, 16, 16\) along \(D, H, W\)") as e:
+        train_segmenter3d(store, [0], [], setup=network_setup(bad, None), cfg=bad, seed=0)
+    assert "D = 12 is not" in str(e.value) and "PCT-Net with resolution_mode 1" in str(e.value)
+    mode0 = {**bad, "pctnet": {"backbone": {**TINY_PCTNET["backbone"], "resolution_mode": 0}}}
+    mode0["patch_size"] = [8, 16, 16]  # fine in mode 1, not in mode 0 (16, 16, 16)
+    with pytest.raises(MedfoundryError, match="D = 8 is not"):
+        train_segmenter3d(store, [0], [], setup=network_setup(mode0, None), cfg=mode0, seed=0)
+    with pytest.raises(ValueError, match=r"roi \[12, 16, 16\]"):
+        evaluate_cases(
+            create_segmenter3d("pctnet", 1, 3, **TINY_PCTNET),
+            store,
+            [0],
+            bad,
+            size_multiple=network_size_multiple(network_setup(bad, None)),
+        )
 
 
 def test_2d_checkpoint_is_refused_by_the_3d_path(data, tmp_path):

@@ -11,6 +11,10 @@ else).
   with the same settings: the first checkpoint's recorded preprocessing (``prepare.
   match_checkpoint``), else the ``prepare`` config; the test store always takes the train
   store's resolved settings (its target spacing included). A rerun reuses both stores.
+- **Networks**: each checkpoint decides its arm's network (``resnet_unet``; ``pctnet`` for a
+  ``volume_fusion_pctnet`` checkpoint, fine-tuned with deep supervision unless
+  ``pctnet.deep_supervision`` is false); ``patch_size`` must suit every arm's network (checked
+  before any store is prepared).
 - **Subsets**: per repeat ``r`` the sorted pool ids are permuted with seed ``[base_seed, r]``;
   the first ``val_size`` are the validation cases, the next ``n`` the training cases of budget
   ``n`` ("all": every other case), so budgets are nested and every arm sees the same cases.
@@ -49,6 +53,7 @@ from medfoundry.evaluate.arms import checkpoint_label, is_scratch_entry, slug
 from medfoundry.evaluate.report import markdown_table, plot_metric_vs_k
 from medfoundry.evaluate.resume import PARTIAL, RESULTS, load_state, write_final
 from medfoundry.evaluate.summary import describe
+from medfoundry.nets.segmenters3d import check_patch
 from medfoundry.runtime import atomic_write_text, record_run
 from medfoundry.tasks import segmentation3d as seg3d
 from medfoundry.tasks.segmentation3d import evaluate_cases, train_segmenter3d
@@ -260,11 +265,16 @@ def _markdown(state: dict[str, Any], arms: list[dict[str, Any]]) -> str:
         f"{'×'.join(map(str, cfg['patch_size']))}.",
         "",
         markdown_table(state["summary"], cols, budgets, arms=names, k_label="n"),
-        "HD95 (mm), mean ± sd over repeats:",
-        "",
-        markdown_table(
-            state["summary_hd95"], cols, budgets, arms=names, scale=1.0, digits=2, k_label="n"
-        ),
+    ]
+    if "summary_hd95" in state:
+        lines += [
+            "HD95 (mm), mean ± sd over repeats:",
+            "",
+            markdown_table(
+                state["summary_hd95"], cols, budgets, arms=names, scale=1.0, digits=2, k_label="n"
+            ),
+        ]
+    lines += [
         "| arm | checkpoint | network | initialisation | lr |",
         "|---|---|---|---|---|",
     ]
@@ -273,7 +283,7 @@ def _markdown(state: dict[str, Any], arms: list[dict[str, Any]]) -> str:
         net = info["network"]
         bb = (info.get("options") or {}).get("backbone")
         if bb:
-            net += f" ({bb['name']} ×{bb.get('width', 1.0)})"
+            net += f" ({bb.get('name', net)} ×{bb.get('width', 1.0)})"
         lines.append(
             f"| {a['name']} | {info['checkpoint'] or '–'} | {net} | {info['load_report']} | "
             f"{info.get('lr')} |"
@@ -305,6 +315,11 @@ def run_hippocampus_fewshot(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     arms = resolve_arms3d(pretrained, cfg)  # fails early on a 2D or misfitting checkpoint
+    for arm in arms:  # and on a patch size that some arm's network cannot take
+        try:
+            check_patch(arm["network"], cfg["patch_size"], arm["options"])
+        except ValueError as e:
+            raise MedfoundryError(f"config patch_size, arm {arm['name']}: {e}") from e
     train_store, test_store = _prepare(Path(train_data), Path(test_data), out_dir, cfg, arms)
     classes_values, classes = seg3d.label_classes(train_store)
     test_classes = seg3d.label_classes(test_store)
@@ -424,9 +439,13 @@ def run_hippocampus_fewshot(
         tuning["chosen_lr"] = best
         return best
 
-    def write_partial() -> None:
+    def summarise() -> None:
         state["summary"] = _summaries(state["runs"], classes, budgets, "dice")
-        state["summary_hd95"] = _summaries(state["runs"], classes, budgets, "hd95")
+        if cfg["hd95"]:
+            state["summary_hd95"] = _summaries(state["runs"], classes, budgets, "hd95")
+
+    def write_partial() -> None:
+        summarise()
         resume.write_partial(out_dir, state)
 
     inner = bool(progress and cfg.get("inner_progress"))
@@ -461,7 +480,9 @@ def run_hippocampus_fewshot(
             tuning = state["tuning"].setdefault(name, {"val_dice": {}})
             tuning["val_dice"].setdefault(repr(lr), {})[b] = info.get("best_val_dice")
         else:
-            cases = evaluate_cases(model, test_store, test_index, cfg)
+            cases = evaluate_cases(
+                model, test_store, test_index, cfg, size_multiple=seg3d.network_size_multiple(arm)
+            )
             record: dict[str, Any] = {
                 "seed": seed,
                 "lr": run_lr,
@@ -492,8 +513,7 @@ def run_hippocampus_fewshot(
     bar.close()
     for arm in arms:
         state["arms"][arm["name"]]["lr"] = chosen_lr(arm)
-    state["summary"] = _summaries(state["runs"], classes, budgets, "dice")
-    state["summary_hd95"] = _summaries(state["runs"], classes, budgets, "hd95")
+    summarise()
     state["rows"] = _rows(state["runs"], classes)
     state["complete"] = all(is_done(j) for j in jobs)
     write_final(out_dir, state)

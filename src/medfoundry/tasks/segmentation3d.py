@@ -3,14 +3,23 @@
 ``medfoundry finetune --task segmentation`` takes this path when ``--data`` is a 3D store
 (``medfoundry prepare``) or an nnU-Net/MSD folder, or when ``--pretrained`` is a 3D checkpoint.
 
-- **Network** (``network``; ``nets.segmenters3d``): ``resnet_unet`` (default), ``unet`` or
-  ``swinunetr``, with its options under the key of the same name. With a checkpoint the network
-  is the one the checkpoint fits (Volume Fusion / VoCo: ``resnet_unet`` with the checkpoint's
-  backbone and decoder channels); scratch-only networks refuse a checkpoint.
+- **Network** (``network``; ``nets.segmenters3d``): ``resnet_unet`` (default), ``pctnet``,
+  ``unet`` or ``swinunetr``, with its options under the key of the same name (``pctnet``:
+  ``backbone`` = ``PCTNetEncoder`` arguments, default width 1, window 6, ``resolution_mode``
+  1, and ``deep_supervision``, default true). With a checkpoint the network is the one the
+  checkpoint fits (Volume Fusion / VoCo on a ResNet: ``resnet_unet`` with the checkpoint's
+  backbone and decoder channels; Volume Fusion with ``volume_fusion_pctnet``: ``pctnet`` with
+  the checkpoint's encoder arguments); scratch-only networks refuse a checkpoint.
+- **Patch size**: each side must be a multiple of the network's per-axis rule
+  (``segmenters3d.size_multiple_of``): 32 for ``resnet_unet`` / ``swinunetr``, 16 for
+  ``unet``, (16, 16, 16) / (8, 16, 16) / (4, 16, 16) for ``pctnet`` in ``resolution_mode``
+  0 / 1 / 2; the sliding-window roi (= the patch) is checked against the same rule.
 - **Initialisation**: the encoder from ``model.safetensors`` (``load_backbone``; all tensors
   must load unless ``min_fraction`` < 1), the decoder from ``decoder.safetensors`` when the
-  checkpoint has one (``load_decoder``, where names and shapes match); the output head is always
-  new. The report (encoder n/N, decoder n/N or "none in checkpoint") is printed and stored.
+  checkpoint has one (``load_decoder``, where names and shapes match, as MIS-FM transfers
+  every shape-matching tensor); the output head (and PCT-Net's deep-supervision heads) are
+  always new. The report (encoder n/N, decoder n/N or "none in checkpoint", the new parts) is
+  printed and stored.
   A 2D checkpoint is refused; the checkpoint's store preprocessing must equal the data's
   (``data.store3d_settings.COMPARED_KEYS``) or the run stops naming both, unless
   ``check_preprocessing: false``.
@@ -20,12 +29,17 @@
   Validation cases (``val_fraction`` of the labeled cases, seeded) leave the training set.
 - **Training**: ``steps`` steps of ``batch_size`` foreground-balanced patches
   (``foreground_fraction``, default 1/3; ``data.patches3d``) of ``patch_size`` voxels (D, H, W),
-  Dice + CE, AdamW with warm-up + cosine (``train.segment3d_module``); intensity jitter, no
+  Dice + CE, AdamW with warm-up + cosine (``train.segment3d_module``); a network that returns
+  several outputs in training (PCT-Net with ``deep_supervision``, as MIS-FM fine-tunes it) is
+  trained on their weighted sum (``nets.pctnet.deep_supervision_loss``: weights 1 / 2^i,
+  normalised), validated and tested on its main output only; intensity jitter, no
   flips by default (``augment.flip_axes``: anterior/posterior-type labels are tied to the
   anatomy's orientation, and the store keeps every volume in one orientation, so a flip only
   teaches a pose that never occurs; "W" (left-right) is the one safe choice for such labels).
-  Every ``val_every`` steps the validation volumes are segmented whole (sliding window) and the
-  weights with the best mean validation Dice are kept.
+  Every ``val_every`` steps the validation volumes are segmented whole (sliding window,
+  ``train.inference3d``; ``sliding_window: {overlap, sw_batch_size, mode}``, plus the optional
+  ``amp: true`` for bfloat16 autocast on CUDA) and the weights with the best mean validation
+  Dice are kept.
 - **Empty labels**: a training case whose label is empty stays in the training set (it teaches
   background; its foreground-centred patches fall back to uniform ones), with a warning.
 - **Evaluation**: per case and class, Dice and HD95 in mm on the store's grid (resampled to
@@ -71,6 +85,7 @@ from medfoundry.nets.segmenters3d import (
     create_segmenter3d,
     get_segmenter3d,
     network_for_checkpoint,
+    size_multiple_of,
 )
 from medfoundry.runtime import atomic_write_json, atomic_write_text, record_run, seed_everything
 from medfoundry.train.engine import BestWeights, make_trainer
@@ -86,6 +101,7 @@ __all__ = [
     "finetune_segmentation3d",
     "is_3d_segmentation",
     "network_setup",
+    "network_size_multiple",
     "predict_volume",
     "segment_volume",
     "train_segmenter3d",
@@ -285,12 +301,26 @@ def build_segmenter3d(
         info["decoder_report"] = dec.summary()
     else:
         info["decoder"] = "none in checkpoint"
+    new = new_parts(model)
+    info["new"] = ", ".join(new)
     info["summary"] = (
         f"encoder {info['encoder']} tensors, decoder "
         + (f"{info['decoder']} tensors" if "decoder_report" in info else info["decoder"])
-        + ", head re-initialised"
+        + f", {' and '.join(new)} re-initialised"
     )
     return model, info
+
+
+def new_parts(model: nn.Module) -> list[str]:
+    """Top-level parts of ``model`` no checkpoint initialises (all but encoder and decoder;
+    ``head`` first): the head, PCT-Net's ``aux_heads``."""
+    parts = {k.split(".")[0] for k in model.state_dict()} - {"encoder", "decoder"}
+    return sorted(parts, key=lambda p: (p != "head", p))
+
+
+def network_size_multiple(setup: dict[str, Any]) -> tuple[int, int, int]:
+    """The per-axis (D, H, W) size rule of the network of ``setup``."""
+    return size_multiple_of(setup["network"], setup["options"])
 
 
 # --- training -------------------------------------------------------------------------------
@@ -314,14 +344,22 @@ def train_segmenter3d(
         raise MedfoundryError("train_segmenter3d: no training cases")
     patch = [int(s) for s in c["patch_size"]]
     try:
-        check_patch(setup["network"], patch)
+        check_patch(setup["network"], patch, setup["options"])
     except ValueError as e:
         raise MedfoundryError(f"config patch_size: {e}") from e
     classes, names = label_classes(store)
     seed_everything(seed)
     model, info = build_segmenter3d(setup, max(classes) + 1, float(c["min_fraction"]))
     steps = int(c["steps"])
-    module = Segment3DModule(model, classes, names, patch, cfg=c, max_steps=steps)
+    module = Segment3DModule(
+        model,
+        classes,
+        names,
+        patch,
+        cfg=c,
+        max_steps=steps,
+        size_multiple=network_size_multiple(setup),
+    )
     batches = PatchBatches(
         store,
         train_indices,
@@ -372,9 +410,11 @@ def evaluate_cases(
     indices: Sequence[int],
     cfg: dict[str, Any],
     device: str | torch.device | None = None,
+    size_multiple: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """One record per labeled case: id, shape, spacing, ``dice_<class>``, ``hd95_<class>``
-    (when ``cfg["hd95"]``) and ``dice_mean`` over the foreground classes."""
+    (when ``cfg["hd95"]``) and ``dice_mean`` over the foreground classes. ``size_multiple``:
+    the network's per-axis rule (``network_size_multiple``), checked against the roi."""
     c = merge(TRAIN_DEFAULTS, cfg)
     classes, names = label_classes(store)
     sw = c["sliding_window"]
@@ -399,6 +439,8 @@ def evaluate_cases(
             sw_batch_size=int(sw["sw_batch_size"]),
             mode=str(sw["mode"]),
             device=device,
+            amp=bool(sw.get("amp", False)),
+            size_multiple=size_multiple,
         )
         dice = dice_per_class(pred, label[0], classes)
         record: dict[str, Any] = {
@@ -478,11 +520,14 @@ def checkpoint_meta(
     encoder = getattr(model, "encoder", None)
     if isinstance(encoder, nn.Module) and hasattr(encoder, "config"):
         meta["backbone"] = dict(encoder.config)
+    decoder = getattr(model, "decoder", None)
     if setup["network"] == "resnet_unet":
         meta["decoder"] = {
             "type": "resnet_unet",
             "decoder_channels": list(model.config["decoder_channels"]),
         }
+    elif isinstance(getattr(decoder, "config", None), dict):  # PCT-Net: its decoder.config
+        meta["decoder"] = dict(decoder.config)
     return meta
 
 
@@ -530,7 +575,11 @@ def finetune_segmentation3d(
         store, train_idx, val_idx, setup=setup, cfg=c, seed=seed, out_dir=out, progress=progress
     )
     print(f"initialisation: {info['summary']}")
-    records = [{"split": "val", **r} for r in evaluate_cases(model, store, val_idx, c)]
+    multiple = network_size_multiple(setup)
+    records = [
+        {"split": "val", **r}
+        for r in evaluate_cases(model, store, val_idx, c, size_multiple=multiple)
+    ]
     metrics: dict[str, Any] = {
         "load": {k: v for k, v in info.items() if k in _LOAD_KEYS},
         "network": setup["network"],
@@ -556,7 +605,9 @@ def finetune_segmentation3d(
                 f"preprocessed differently from the training store {store.root} "
                 f"({describe_diff(store.preprocessing, test_store.preprocessing, diff)})",
             )
-        test_records = evaluate_cases(model, test_store, test_store.labeled_indices, c)
+        test_records = evaluate_cases(
+            model, test_store, test_store.labeled_indices, c, size_multiple=multiple
+        )
         records += [{"split": "test", **r} for r in test_records]
         metrics["n_test"] = len(test_records)
         metrics["test"] = summarise(test_records, names)
@@ -577,4 +628,12 @@ def finetune_segmentation3d(
     return metrics
 
 
-_LOAD_KEYS = ("summary", "checkpoint", "encoder", "encoder_report", "decoder", "decoder_report")
+_LOAD_KEYS = (
+    "summary",
+    "checkpoint",
+    "encoder",
+    "encoder_report",
+    "decoder",
+    "decoder_report",
+    "new",
+)

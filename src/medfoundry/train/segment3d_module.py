@@ -2,12 +2,16 @@
 
 Loss: MONAI ``DiceCELoss`` (softmax, one-hot target; Dice over the foreground classes with one
 Dice per class over the whole batch, so a patch without some class is no failure, plus
-cross-entropy over every class). AdamW without weight decay on norms and biases, linear
-warm-up then cosine decay over ``max_steps``; an optional lower learning rate for a pretrained
-encoder (``encoder_lr_mult``). Augmentation (``augment_patches``) runs on the device in
-``training_step``. Validation segments every validation volume whole with
-``predict_volume`` and logs ``val/dice_mean`` (mean over foreground classes and cases) and
-``val/dice_<class>``.
+cross-entropy over every class). A model that returns a list in training (PCT-Net with deep
+supervision: [main, aux...], all at the patch size) is trained on
+``nets.pctnet.deep_supervision_loss`` (weights 1 / 2^i, normalised, as MIS-FM / PyMIC);
+validation uses the main output only (the model's eval mode returns it alone). AdamW without
+weight decay on norms and biases, linear warm-up then cosine decay over ``max_steps``; an
+optional lower learning rate for a pretrained encoder (``encoder_lr_mult``). Augmentation
+(``augment_patches``) runs on the device in ``training_step``. Validation segments every
+validation volume whole with ``predict_volume`` (roi = the patch, checked against the
+network's per-axis ``size_multiple`` when given) and logs ``val/dice_mean`` (mean over
+foreground classes and cases) and ``val/dice_<class>``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from medfoundry.evaluate.metrics3d import dice_per_class
+from medfoundry.nets.pctnet import deep_supervision_loss
 from medfoundry.train.inference3d import predict_volume
 from medfoundry.train.schedules import warmup_cosine
 
@@ -72,7 +77,8 @@ class Segment3DModule(L.LightningModule):
     """Train ``model`` ((B, C, D, H, W) -> logits (B, K, D, H, W)) on patch batches.
 
     ``classes``: label values scored in validation (foreground, e.g. [1, 2]) and their
-    ``names``; ``roi``: the sliding-window size of validation (the patch size).
+    ``names``; ``roi``: the sliding-window size of validation (the patch size);
+    ``size_multiple``: the network's per-axis (D, H, W) input rule, checked against ``roi``.
     """
 
     def __init__(
@@ -83,12 +89,14 @@ class Segment3DModule(L.LightningModule):
         roi: Sequence[int],
         cfg: dict[str, Any] | None = None,
         max_steps: int = 1000,
+        size_multiple: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.classes = [int(c) for c in classes]
         self.names = list(names)
         self.roi = [int(r) for r in roi]
+        self.size_multiple = None if size_multiple is None else [int(m) for m in size_multiple]
         self.cfg = {**DEFAULTS, **(cfg or {})}
         self.max_steps = int(max_steps)
         self.criterion = DiceCELoss(
@@ -102,7 +110,7 @@ class Segment3DModule(L.LightningModule):
         self._val: list[torch.Tensor] = []
         self.last_val: dict[str, float] = {}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         return self.model(x)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
@@ -110,7 +118,8 @@ class Segment3DModule(L.LightningModule):
         aug = self.cfg.get("augment")
         if aug:
             images, labels = augment_patches(images, labels, **aug)
-        loss = self.criterion(self(images).float(), labels)
+        outputs = self(images)  # (B, K, d, h, w), or a list of them (deep supervision)
+        loss = deep_supervision_loss(outputs, labels, lambda o, y: self.criterion(o.float(), y))
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
@@ -127,6 +136,8 @@ class Segment3DModule(L.LightningModule):
             overlap=float(sw.get("overlap", 0.5)),
             sw_batch_size=int(sw.get("sw_batch_size", 4)),
             mode=str(sw.get("mode", "gaussian")),
+            amp=bool(sw.get("amp", False)),
+            size_multiple=self.size_multiple,
         )
         pred = probs.argmax(0)  # (D, H, W)
         dice = dice_per_class(pred, label[0, 0].cpu(), self.classes)
