@@ -115,13 +115,9 @@ def resolve_arms(
         scratch_arms.append({"name": name, "checkpoint": None, "method": "scratch", **scratch})
     if not scratch_arms:
         scratch = {
-            "backbone": {
-                "name": "resnet50",
-                "in_channels": 1,
-                "width": 1.0,
-                "spatial_dims": 2,
-                **dict(config["backbone"]),
-            },
+            "backbone": arm_backbone(
+                {"name": "resnet50", "in_channels": 1, "spatial_dims": 2, **config["backbone"]}
+            ),
             "image_size": int(config["image_size"] or config["default_image_size"]),
             "normalization": config["normalization"] or XRAY_NORMALIZATION,
         }
