@@ -34,3 +34,20 @@ def test_classification_fine_tuning_does_not_decay_bias_tables():
         if "relative_position_bias_table" in name or p.ndim <= 1:
             assert id(p) not in decayed, name
     assert decayed, "weights must still be decayed"
+
+
+def test_segmentation_optimiser_exempts_tables_and_scales_the_encoder_lr():
+    from medfoundry.nets.swin_unet import SwinUNet
+    from medfoundry.train.optim import encoder_aware_adamw
+
+    model = SwinUNet(_swin(), num_classes=2)
+    cfg = {"lr": 1e-3, "weight_decay": 0.05, "encoder_lr_mult": 0.1}
+    opt = encoder_aware_adamw(model, cfg, max_steps=10)["optimizer"]
+    enc = {id(p) for p in model.encoder.parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            assert group["lr"] == (1e-4 if id(p) in enc else 1e-3)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        if "relative_position_bias_table" in name or p.ndim <= 1:
+            assert id(p) not in decayed, name

@@ -27,7 +27,7 @@ from torch import nn
 from medfoundry.evaluate.metrics3d import dice_per_class
 from medfoundry.nets.pctnet import deep_supervision_loss
 from medfoundry.train.inference3d import predict_volume
-from medfoundry.train.schedules import warmup_cosine
+from medfoundry.train.optim import encoder_aware_adamw
 
 AXES = {"D": 2, "H": 3, "W": 4}  # patch axes of (B, C, D, H, W)
 
@@ -155,25 +155,4 @@ class Segment3DModule(L.LightningModule):
         self._val = []
 
     def configure_optimizers(self):
-        lr = float(self.cfg["lr"])
-        wd = float(self.cfg["weight_decay"])
-        mult = float(self.cfg.get("encoder_lr_mult", 1.0))
-        encoder = getattr(self.model, "encoder", None)
-        enc_ids = {id(p) for p in encoder.parameters()} if isinstance(encoder, nn.Module) else set()
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        for p in self.model.parameters():
-            if p.requires_grad:
-                groups.setdefault((id(p) in enc_ids, p.ndim <= 1), []).append(p)
-        param_groups = [
-            {"params": ps, "lr": lr * (mult if enc else 1.0), "weight_decay": 0.0 if flat else wd}
-            for (enc, flat), ps in groups.items()
-        ]
-        opt = torch.optim.AdamW(param_groups, lr=lr, weight_decay=wd)
-        warmup = self.cfg.get("warmup_steps")
-        warmup = int(round(0.05 * self.max_steps)) if warmup is None else int(warmup)
-        min_ratio = float(self.cfg.get("min_lr_ratio", 0.0))
-        total = self.max_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, warmup, total, min_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return encoder_aware_adamw(self.model, self.cfg, self.max_steps)

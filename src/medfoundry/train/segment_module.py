@@ -20,8 +20,7 @@ from torch import nn
 
 from medfoundry.data.segmentation import augment_batch
 from medfoundry.evaluate.metrics import dice_score
-from medfoundry.nets.decay import no_weight_decay
-from medfoundry.train.schedules import warmup_cosine
+from medfoundry.train.optim import encoder_aware_adamw
 
 DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
@@ -95,31 +94,4 @@ class SegmentationModule(L.LightningModule):
         self._val_dice = []
 
     def configure_optimizers(self):
-        lr = float(self.cfg["lr"])
-        wd = float(self.cfg["weight_decay"])
-        mult = float(self.cfg.get("encoder_lr_mult", 1.0))
-        encoder = getattr(self.model, "encoder", None)
-        enc_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            key = (id(p) in enc_ids, no_weight_decay(name, p))  # (encoder?, exempt from decay?)
-            groups.setdefault(key, []).append(p)
-        param_groups = [
-            {
-                "params": params,
-                "lr": lr * (mult if is_enc else 1.0),
-                "weight_decay": 0.0 if no_wd else wd,
-            }
-            for (is_enc, no_wd), params in groups.items()
-        ]
-        opt = torch.optim.AdamW(param_groups, lr=lr, weight_decay=wd)
-        warmup = self.cfg.get("warmup_steps")
-        warmup = int(round(0.05 * self.max_steps)) if warmup is None else int(warmup)
-        min_ratio = float(self.cfg.get("min_lr_ratio", 0.0))
-        total = self.max_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, warmup, total, min_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return encoder_aware_adamw(self.model, self.cfg, self.max_steps)
