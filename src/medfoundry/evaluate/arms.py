@@ -53,6 +53,16 @@ def arm_backbone(meta_backbone: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def checkpoint_arm_name(meta: dict[str, Any], path: str | Path, taken: set[str]) -> str:
+    """`<method>-<run folder>`, suffixed `-2`, `-3`, ... until not in `taken` (then added)."""
+    base = f"{meta.get('method', 'pretrained')}-{checkpoint_label(Path(path))}"
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    taken.add(name)
+    return name
+
+
 def is_scratch_entry(path: str | Path | None) -> bool:
     """True for the `--pretrained` entries that add no checkpoint arm (None, "none", "scratch")."""
     return path is None or str(path).strip().lower() in ("", "none", "scratch")
@@ -80,11 +90,7 @@ def resolve_arms(
         meta = read_metadata(p)
         if "backbone" not in meta:
             raise MedfoundryError(f"{p}: checkpoint metadata has no 'backbone' entry")
-        base = f"{meta.get('method', 'pretrained')}-{checkpoint_label(Path(p))}"
-        name, i = base, 2
-        while name in names:
-            name, i = f"{base}-{i}", i + 1
-        names.add(name)
+        name = checkpoint_arm_name(meta, p, names)
         arms.append(
             {
                 "name": name,

@@ -49,7 +49,7 @@ from medfoundry.data.store3d_reader import Store, open_store
 from medfoundry.data.store3d_settings import prepare_kwargs
 from medfoundry.errors import InputError, MedfoundryError
 from medfoundry.evaluate import resume
-from medfoundry.evaluate.arms import checkpoint_label, is_scratch_entry, slug
+from medfoundry.evaluate.arms import checkpoint_arm_name, is_scratch_entry, slug
 from medfoundry.evaluate.report import markdown_table, plot_metric_vs_k
 from medfoundry.evaluate.resume import PARTIAL, RESULTS, load_state, write_final
 from medfoundry.evaluate.summary import describe
@@ -108,11 +108,7 @@ def resolve_arms3d(
             continue
         setup = seg3d.network_setup(config, p)
         meta = setup["meta"] or {}
-        base = f"{meta.get('method', 'pretrained')}-{checkpoint_label(Path(p))}"
-        name, i = base, 2
-        while name in names:
-            name, i = f"{base}-{i}", i + 1
-        names.add(name)
+        name = checkpoint_arm_name(meta, p, names)
         arms.append(
             {
                 "name": name,
