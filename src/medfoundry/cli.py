@@ -156,6 +156,18 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     _add_kermany_label_efficiency(bsub)
     _add_hippocampus_fewshot(bsub)
+    m = bsub.add_parser(
+        "merge",
+        help="merge arms run as separate processes (same command and config, own --out) into "
+        "one benchmark folder; rerun that folder's command to write its results",
+        description="Copies the finished runs and lr-tuning scores of every arm in SOURCE "
+        "folders into --into, after checking that all folders hold the same protocol (config, "
+        "splits, pool and test cases) and that an arm in two folders trains the same network "
+        "(medfoundry.evaluate.merge). Rerunning --into's benchmark command then finds those "
+        "jobs done, trains what is left and writes results.json, results.md and the plot.",
+    )
+    m.add_argument("--into", required=True, type=Path, help="benchmark folder to complete")
+    m.add_argument("sources", nargs="+", type=Path, help="benchmark folders to copy arms from")
 
 
 def _add_kermany_label_efficiency(bsub: argparse._SubParsersAction) -> None:
@@ -390,6 +402,14 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
+    if args.benchmark == "merge":
+        from medfoundry.evaluate.merge import merge_benchmark_folders
+
+        merged = merge_benchmark_folders(args.into, args.sources)
+        for source, arms in merged.items():
+            print(f"{source}: {', '.join(arms)} -> {args.into}")
+        print("rerun the benchmark command of --into to finish it and write its results")
+        return
     if args.benchmark == "kermany-label-efficiency":
         cmd_kermany_label_efficiency(args)
         return

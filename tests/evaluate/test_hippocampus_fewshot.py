@@ -190,3 +190,71 @@ def test_hd95_off_gives_dice_only_outputs(folders, tmp_path):
     assert "summary_hd95" not in res and "hd95" not in res["runs"]["scratch"]["2"]["0"]
     md = (tmp_path / "o" / "results.md").read_text()
     assert "Dice" in md and "HD95" not in md
+
+
+def test_arms_run_as_separate_processes_merge_into_the_same_results(folders, tmp_path, monkeypatch):
+    """A checkpoint arm stopped before its scratch arm + a scratch-only folder, merged with
+    `benchmark merge`, finish without training and give the one-process results."""
+    train, test, ckpt = folders
+    cfg = {**CFG, "budgets": [2], "hd95": False}
+    with pytest.warns(UserWarning, match="empty label"):
+        whole = run_hippocampus_fewshot(train, test, [ckpt], tmp_path / "whole", cfg, False)
+        run_hippocampus_fewshot(train, test, ["none"], tmp_path / "scratch", cfg, False)
+    real = hf.train_segmenter3d
+
+    def stop_at_scratch(*args, **kwargs):
+        if kwargs["setup"]["checkpoint"] is None:
+            raise KeyboardInterrupt  # the process is stopped where the scratch arm begins
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf, "train_segmenter3d", stop_at_scratch)
+    part = tmp_path / "part"
+    with pytest.warns(UserWarning, match="empty label"), pytest.raises(KeyboardInterrupt):
+        run_hippocampus_fewshot(train, test, [ckpt], part, cfg, False)
+    assert main(["benchmark", "merge", "--into", str(part), str(tmp_path / "scratch")]) == 0
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("every job should be done after the merge")
+
+    monkeypatch.setattr(hf, "train_segmenter3d", no_training)
+    with pytest.warns(UserWarning, match="empty label"):
+        merged = run_hippocampus_fewshot(train, test, [ckpt], part, cfg, False)
+    assert merged["complete"] and (part / "results.md").is_file()
+    assert merged["summary"] == whole["summary"]
+    assert merged["tuning"] == whole["tuning"]
+
+
+def test_merge_refuses_another_protocol_or_network(folders, tmp_path):
+    train, test, _ = folders
+    cfg = {**CFG, "budgets": [2], "hd95": False, "steps": 2, "val_every": 2}
+    with pytest.warns(UserWarning, match="empty label"):
+        run_hippocampus_fewshot(train, test, ["none"], tmp_path / "a", cfg, False)
+        run_hippocampus_fewshot(train, test, ["none"], tmp_path / "b", {**cfg, "steps": 4}, False)
+        wide = {**cfg, "resnet_unet": {**CFG["resnet_unet"], "decoder_channels": [16] * 5}}
+        run_hippocampus_fewshot(train, test, ["none"], tmp_path / "c", wide, False)
+    from medfoundry.evaluate.merge import merge_benchmark_folders
+
+    with pytest.raises(MedfoundryError, match=r"config\.steps"):
+        merge_benchmark_folders(tmp_path / "a", [tmp_path / "b"])
+    with pytest.raises(MedfoundryError, match="config.resnet_unet"):
+        merge_benchmark_folders(tmp_path / "a", [tmp_path / "c"])
+    with pytest.raises(MedfoundryError, match="not a benchmark folder"):
+        merge_benchmark_folders(tmp_path / "a", [tmp_path])
+
+
+def test_same_arm_network_compares_what_the_options_build():
+    implicit = {"network": "resnet_unet", "options": CFG["resnet_unet"]}
+    explicit = {
+        "network": "resnet_unet",
+        "options": {
+            "backbone": {"name": "resnet10", "width": 0.125, "in_channels": 1, "spatial_dims": 3},
+            "decoder_channels": [8] * 5,
+        },
+    }
+    wider = {
+        "network": "resnet_unet",
+        "options": {**CFG["resnet_unet"], "decoder_channels": [16] * 5},
+    }
+    assert hf.same_arm_network(implicit, explicit)
+    assert not hf.same_arm_network(implicit, wider)
+    assert not hf.same_arm_network(implicit, {"network": "unet", "options": {}})

@@ -323,6 +323,14 @@ def test_scratch_only_network_refuses_a_checkpoint(vf_run):
         network_setup({"network": "unet"}, vf_run)
 
 
+def test_named_network_the_checkpoint_does_not_fit_is_an_error(vf_run):
+    with pytest.raises(CheckpointError, match="'pctnet' is configured.*network: auto"):
+        network_setup({"network": "pctnet"}, vf_run)
+    assert network_setup({"network": "auto"}, vf_run)["network"] == "resnet_unet"
+    assert network_setup({"network": "resnet_unet"}, vf_run)["network"] == "resnet_unet"
+    assert network_setup({}, None)["network"] == "resnet_unet"  # auto without a checkpoint
+
+
 def test_empty_label_case_stays_in_training_with_a_warning(tmp_path):
     msd = write_blob_msd(tmp_path / "msd", 4, seed=2, empty=[0])
     cfg = {**UNET_CFG, "steps": 2, "val_every": 2, "val_fraction": 0.25}

@@ -1,28 +1,87 @@
-"""Plot a pretraining run's curves (loss, similarities, pruned fraction) across its stages.
+"""Plot a pretraining run's curves across its stages: the loss and each method's own metrics.
 
-One look at `curves.png` tells whether a run learned: the loss should fall, the positive cosine
-stay well above the negative one, and the pruned fraction stay far from 1 (collapse).
+One look at `curves.png` tells whether a run learned: the loss should fall; for Adam/MoCo the
+positive cosine should stay above the negative one and the pruned fraction far from 1
+(collapse); for VoCo the overlap error should fall below a constant guess's; for Volume Fusion
+the voxel accuracy should rise.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from medfoundry.runtime import atomic_save
 
-PANELS = (
-    ("loss", "loss (dots: validation)"),
-    ("sims", "cosine: positive (solid) vs negatives (dashed)"),
-    ("pruned_fraction", "pruned fraction of negatives"),
+
+class Panel(NamedTuple):
+    """One subplot: a title, the step-level series it draws (key, line style) and its y range."""
+
+    title: str
+    series: tuple[tuple[str, str], ...]
+    ylim: tuple[float, float] | None = None
+
+
+# Per method, recognised by a metric only it logs; the first panel is always the loss.
+CONTRASTIVE_PANELS = (
+    Panel(
+        "cosine: positive (solid) vs negatives (dashed)",
+        (("train/pos_sim_step", "-"), ("train/neg_sim_step", "--")),
+        (-1.05, 1.05),
+    ),
+    Panel("pruned fraction of negatives", (("train/pruned_fraction_step", "-"),), (-0.02, 1.02)),
 )
-MAE_PANELS = (
-    ("loss", "MSE on masked pixels (dots: validation)"),
-    ("visible", "MSE on visible pixels"),
-)
+METHOD_PANELS: dict[str, tuple[str, tuple[Panel, ...], str]] = {
+    # marker metric -> (method, panels after the loss, loss title)
+    "train/visible_mse_step": (
+        "mae",
+        (Panel("MSE on visible pixels", (("train/visible_mse_step", "-"),)),),
+        "MSE on masked pixels (dots: validation)",
+    ),
+    "train/pred_error_step": (
+        "voco",
+        (
+            Panel(
+                "terms: positive (solid), negative (dashed), base reg. (dotted)",
+                (
+                    ("train/pos_loss_step", "-"),
+                    ("train/neg_loss_step", "--"),
+                    ("train/reg_loss_step", ":"),
+                ),
+            ),
+            Panel(
+                "|overlap - prediction| (solid), mean prediction (dashed)",
+                (("train/pred_error_step", "-"), ("train/pred_mean_step", "--")),
+                (0.0, 1.0),
+            ),
+        ),
+        "loss (dots: validation)",
+    ),
+    "train/accuracy_step": (
+        "volume_fusion",
+        (
+            Panel(
+                "Dice loss (solid) and cross-entropy (dashed)",
+                (("train/dice_step", "-"), ("train/ce_step", "--")),
+            ),
+            Panel(
+                "voxel accuracy of the fusion class", (("train/accuracy_step", "-"),), (0.0, 1.0)
+            ),
+        ),
+        "loss (dots: validation)",
+    ),
+}
+
+
+def panels_for(logs: list[dict[str, list[tuple[int, float]]]]) -> tuple[Panel, ...]:
+    """The loss panel and the method's own panels (contrastive ones when no marker is logged)."""
+    for marker, (_, panels, loss_title) in METHOD_PANELS.items():
+        if any(marker in s for s in logs):
+            return (Panel(loss_title, ()), *panels)
+    return (Panel("loss (dots: validation)", ()), *CONTRASTIVE_PANELS)
 
 
 def read_stage_log(stage_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -54,8 +113,7 @@ def plot_pretrain_curves(run_dir: str | Path, out: str | Path | None = None) -> 
     logs = [(name, s) for name, s in logs if s]
     if not logs:
         return None
-    mae = any("train/visible_mse_step" in s for _, s in logs)
-    panels = MAE_PANELS if mae else PANELS
+    panels = panels_for([s for _, s in logs])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3))
     offset = 0
     for i, (name, s) in enumerate(logs):
@@ -63,21 +121,17 @@ def plot_pretrain_curves(run_dir: str | Path, out: str | Path | None = None) -> 
         shift = lambda pts, o=offset: ([o + p for p, _ in pts], [v for _, v in pts])  # noqa: E731
         axes[0].plot(*shift(s.get("train/loss_step", [])), color=color, lw=0.8, label=name)
         axes[0].plot(*shift(s.get("val/loss", [])), "o-", color=color, ms=3, lw=1.2)
-        if mae:
-            axes[1].plot(*shift(s.get("train/visible_mse_step", [])), color=color, lw=0.8)
-        else:
-            axes[1].plot(*shift(s.get("train/pos_sim_step", [])), color=color, lw=0.8)
-            axes[1].plot(*shift(s.get("train/neg_sim_step", [])), "--", color=color, lw=0.8)
-            axes[2].plot(*shift(s.get("train/pruned_fraction_step", [])), color=color, lw=0.8)
+        for ax, panel in zip(axes[1:], panels[1:], strict=True):
+            for key, style in panel.series:
+                ax.plot(*shift(s.get(key, [])), style, color=color, lw=0.8)
         steps = [p for series in s.values() for p, _ in series]
         offset += max(steps, default=0) + 1
-    for ax, (_, title) in zip(axes, panels, strict=True):
-        ax.set_title(title, fontsize=9)
+    for ax, panel in zip(axes, panels, strict=True):
+        ax.set_title(panel.title, fontsize=9)
         ax.set_xlabel("training step (all stages)")
         ax.grid(alpha=0.3)
-    if not mae:
-        axes[1].set_ylim(-1.05, 1.05)
-        axes[2].set_ylim(-0.02, 1.02)
+        if panel.ylim is not None:
+            ax.set_ylim(*panel.ylim)
     axes[0].legend(fontsize=7, title="stage", title_fontsize=7)
     fig.suptitle(run_dir.name, fontsize=10)
     fig.tight_layout()

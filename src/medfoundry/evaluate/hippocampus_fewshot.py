@@ -53,7 +53,7 @@ from medfoundry.evaluate.arms import checkpoint_arm_name, is_scratch_entry, slug
 from medfoundry.evaluate.report import markdown_table, plot_metric_vs_k
 from medfoundry.evaluate.resume import PARTIAL, RESULTS, load_state, write_final
 from medfoundry.evaluate.summary import describe
-from medfoundry.nets.segmenters3d import check_patch
+from medfoundry.nets.segmenters3d import check_patch, create_segmenter3d
 from medfoundry.runtime import atomic_write_text, record_run
 from medfoundry.tasks import segmentation3d as seg3d
 from medfoundry.tasks.segmentation3d import evaluate_cases, train_segmenter3d
@@ -141,6 +141,19 @@ def resolve_arms3d(
             }
         )
     return arms + scratch
+
+
+def same_arm_network(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two arms' entries (``network``, ``options``) build the same network: equal
+    parameter names and shapes (options may spell defaults out or leave them implicit)."""
+    if a.get("network") != b.get("network"):
+        return False
+
+    def shapes(arm: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        net = create_segmenter3d(arm["network"], 1, 3, **copy.deepcopy(arm.get("options") or {}))
+        return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+    return shapes(a) == shapes(b)
 
 
 def _setup(arm: dict[str, Any]) -> dict[str, Any]:

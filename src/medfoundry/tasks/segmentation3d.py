@@ -3,13 +3,14 @@
 ``medfoundry finetune --task segmentation`` takes this path when ``--data`` is a 3D store
 (``medfoundry prepare``) or an nnU-Net/MSD folder, or when ``--pretrained`` is a 3D checkpoint.
 
-- **Network** (``network``; ``nets.segmenters3d``): ``resnet_unet`` (default), ``pctnet``,
-  ``unet`` or ``swinunetr``, with its options under the key of the same name (``pctnet``:
+- **Network** (``network``; ``nets.segmenters3d``): ``auto`` (default: the checkpoint's,
+  else ``resnet_unet``), ``resnet_unet``, ``pctnet``, ``unet`` or ``swinunetr``, with its options under the key of the same name (``pctnet``:
   ``backbone`` = ``PCTNetEncoder`` arguments, default width 1, window 6, ``resolution_mode``
   1, and ``deep_supervision``, default true). With a checkpoint the network is the one the
   checkpoint fits (Volume Fusion / VoCo on a ResNet: ``resnet_unet`` with the checkpoint's
   backbone and decoder channels; Volume Fusion with ``volume_fusion_pctnet``: ``pctnet`` with
-  the checkpoint's encoder arguments); scratch-only networks refuse a checkpoint.
+  the checkpoint's encoder arguments); a named network the checkpoint does not fit and
+  scratch-only networks refuse a checkpoint.
 - **Patch size**: each side must be a multiple of the network's per-axis rule
   (``segmenters3d.size_multiple_of``): 32 for ``resnet_unet`` / ``swinunetr``, 16 for
   ``unet``, (16, 16, 16) / (8, 16, 16) / (4, 16, 16) for ``pctnet`` in ``resolution_mode``
@@ -109,7 +110,7 @@ __all__ = [
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     **copy.deepcopy(MODULE_DEFAULTS),
-    "network": "resnet_unet",
+    "network": "auto",
     "resnet_unet": {
         "backbone": {"name": "resnet18", "width": 0.5},
         "decoder_channels": [128, 64, 32, 16, 8],
@@ -244,27 +245,40 @@ def check_preprocessing(
 
 # --- network --------------------------------------------------------------------------------
 def network_setup(cfg: dict[str, Any], pretrained: str | Path | None) -> dict[str, Any]:
-    """The network to build: ``{"network", "options", "checkpoint", "meta"}`` (from the
-    checkpoint when given, else ``cfg["network"]`` and ``cfg[<network>]``)."""
-    name = str(cfg.get("network", "resnet_unet"))
-    get_segmenter3d(name)  # a clear error for an unknown name
+    """The network to build: ``{"network", "options", "checkpoint", "meta"}``.
+
+    ``cfg["network"]`` = ``auto`` (default) takes the checkpoint's network, ``resnet_unet``
+    without one; a named network must be the one the checkpoint fits (a mismatch is an error,
+    not a silent swap). Options come from ``cfg[<network>]``, then the checkpoint's.
+    """
+    name = str(cfg.get("network", "auto"))
+    if name != "auto":
+        get_segmenter3d(name)  # a clear error for an unknown name
     meta = None
     if pretrained is not None:
         meta = read_metadata(pretrained)
         require_3d_checkpoint(meta, pretrained)
-        if get_segmenter3d(name).from_checkpoint is None:
+        if name != "auto" and get_segmenter3d(name).from_checkpoint is None:
             raise CheckpointError(
                 f"network {name!r} trains from scratch only; a checkpoint ({pretrained}) "
                 "initialises resnet_unet (or another network that loads checkpoints)"
             )
         try:
-            name = network_for_checkpoint(meta)
+            fitted = network_for_checkpoint(meta)
         except ValueError as e:
             raise CheckpointError(f"{pretrained}: {e}") from e
+        if name not in ("auto", fitted):
+            raise CheckpointError(
+                f"network {name!r} is configured but the checkpoint {pretrained} initialises "
+                f"{fitted!r}; set network: auto (or {fitted}) to fine-tune it"
+            )
+        name = fitted
         if int(meta.get("in_channels", 1)) != 1:
             raise CheckpointError(
                 f"{pretrained}: {meta.get('in_channels')} input channels; 3D stores hold one"
             )
+    elif name == "auto":
+        name = "resnet_unet"
     options = copy.deepcopy(dict(cfg.get(name) or {}))
     if meta is not None:
         from_checkpoint = get_segmenter3d(name).from_checkpoint
