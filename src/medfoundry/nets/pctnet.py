@@ -18,7 +18,7 @@ Layout (channels at ``width`` 1; ``resolution_mode`` picks the embedding strides
 Swin layers: MONAI's ``SwinTransformerBlock`` (W-MSA then SW-MSA, shift window // 2, MLP 4,
 stochastic depth rising linearly to ``drop_path`` over the encoder's 6 blocks; each decoder
 block takes the rates of the encoder level it mirrors). MONAI's ``BasicLayer`` is not used:
-it needs ``einops`` (not a dependency), and MONAI's block shrinks a window to a map smaller
+it merges inside the stage, and MONAI's block shrinks a window to a map smaller
 than it (then indexes the relative-position table as if the window were full) and lets zero
 padding take part in attention. ``SwinBlock3d`` always attends over full windows, pads every
 axis to a multiple of the window and masks the padded keys, as ``swin_blocks.SwinBlock`` does

@@ -16,7 +16,7 @@ Networks: ``resnet_unet`` (the 3D ResNet-UNet of ``nets.unet``, Volume Fusion's 
 VoCo backbone's U-Net), ``pctnet`` (MIS-FM's PCT-Net, ``nets.pctnet``: Volume Fusion's
 ``volume_fusion_pctnet`` checkpoints, or from scratch; options ``backbone`` (the
 ``PCTNetEncoder`` arguments) and ``deep_supervision``), ``unet`` (MONAI ``BasicUNet``, scratch
-only) and ``swinunetr`` (MONAI ``SwinUNETR``, scratch only; needs ``einops``). Adding a network
+only) and ``swinunetr`` (MONAI ``SwinUNETR``, scratch only; its ``einops`` is a dependency). Adding a network
 is one entry of ``SEGMENTERS_3D``.
 """
 

@@ -3,7 +3,7 @@
 MONAI's ``SwinTransformerBlock``/``WindowAttention`` (relative position bias, qkv bias, MLP,
 stochastic depth) and ``PatchMerging`` are reused. Two things are replaced, on purpose:
 
-* MONAI's ``BasicLayer`` needs ``einops`` (not a dependency here) and merges *inside* the stage,
+* MONAI's ``BasicLayer`` merges *inside* the stage,
   so the pre-merge map a U-Net needs is not available; ``SwinStage`` is the thin replacement.
 * MONAI's block shrinks the window to a feature map smaller than it and then indexes the
   relative-position table as if the window were full (wrong biases), and it lets padded tokens
