@@ -265,3 +265,22 @@ def test_volume_fusion_pctnet_preset_runs_from_the_cli(volume_store, tmp_path):
     assert dec_report.loaded == dec_report.total_model == dec_report.total_checkpoint
     log = (run / "stage0_level0" / "logs" / "metrics.csv").read_text()
     assert "val/loss" in log and "train/loss_step" in log
+
+
+def test_crops_that_are_mostly_padding_warn(volume_store, tmp_path):
+    """A VoCo grid far larger than the volumes (40 x 40 x 24 in the store) is named before training."""
+    from medfoundry.config import apply_overrides, load_config
+    from medfoundry.tasks.pretrain import crop_data_fraction
+
+    assert crop_data_fraction([[24, 40, 40]], [16, 32, 32]) == 1.0
+    assert crop_data_fraction([[36, 50, 35], [40, 50, 35]], [32, 64, 64]) == pytest.approx(
+        (32 * 50 * 35) / (32 * 64 * 64)
+    )
+    cfg = apply_overrides(
+        load_config("voco"),
+        [TINY_3D, "epochs=1", "optim.batch_size=2", "data.val_fraction=0.2"]
+        + ["trainer={accelerator: cpu, devices: 1}", "data.crop_size=[16, 64, 64]"]
+        + ["voco={num_base: 2, proj_hidden: 32, proj_dim: 16}"],
+    )
+    with pytest.warns(UserWarning, match=r"77% zero padding on the median volume \(40x40x24\)"):
+        pretrain(cfg, [volume_store], tmp_path / "run", progress=False)

@@ -9,11 +9,13 @@ finishes, an exported backbone (`checkpoint/model.safetensors` + `medfoundry.jso
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -22,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from medfoundry.data.normalize import XRAY_NORMALIZATION
 from medfoundry.data.pretrain import TensorImageDataset, collect_images, load_images
 from medfoundry.data.store3d_dataset import StoreCropDataset
-from medfoundry.data.store3d_reader import open_store
+from medfoundry.data.store3d_reader import Store, open_store
 from medfoundry.errors import MedfoundryError
 from medfoundry.evaluate.curves import plot_pretrain_curves, plot_reconstructions
 from medfoundry.methods import build_method
@@ -149,6 +151,7 @@ def _volume_data(
     train_idx, val_idx = _split(len(store), float(cfg["data"].get("val_fraction", 0.05)), seed)
     size = cfg["data"]["crop_size"]
     per_volume = int(cfg["data"].get("crops_per_volume", 1))
+    warn_if_mostly_padding(store, size, cfg["method"])
 
     def crops(indices: torch.Tensor, crop_seed: int) -> StoreCropDataset:
         ds = StoreCropDataset(store, size, per_volume, seed=crop_seed, indices=indices.tolist())
@@ -157,6 +160,35 @@ def _volume_data(
 
     val = crops(val_idx, seed + 1) if len(val_idx) else None  # fixed crops every epoch
     return crops(train_idx, seed), val, len(store), dict(store.preprocessing)
+
+
+MIN_DATA_FRACTION = 0.7  # below this median share of real voxels per crop, warn
+
+
+def crop_data_fraction(shapes: np.ndarray, size: Sequence[int]) -> float:
+    """Median share of a ``size`` crop's voxels that lie inside the volume (the rest is padding)
+    over volumes of ``shapes`` (N, 3)."""
+    crop = np.asarray([int(v) for v in size], dtype=np.int64)
+    inside = np.minimum(np.asarray(shapes, dtype=np.int64), crop).prod(axis=1)
+    return float(np.median(inside / crop.prod()))
+
+
+def warn_if_mostly_padding(store: Store, size: Sequence[int], method: str) -> None:
+    """Warn when crops of ``size`` are mostly zero padding on this store's volumes: a VoCo grid
+    larger than the volumes gives base crops of padding, and the pretext does not learn."""
+    shapes = np.asarray([c["shape"] for c in store.cases], dtype=np.int64).reshape(-1, 3)
+    if not len(shapes):
+        return
+    fraction = crop_data_fraction(shapes, size)
+    if fraction < MIN_DATA_FRACTION:
+        median = "x".join(str(int(v)) for v in np.median(shapes, axis=0))
+        warnings.warn(
+            f"{store.root}: {method} crops of {'x'.join(map(str, size))} voxels are "
+            f"{100 * (1 - fraction):.0f}% zero padding on the median volume ({median}); "
+            "choose data.crop_size within the volumes (a VoCo grid of padded base crops "
+            "does not learn)",
+            stacklevel=2,
+        )
 
 
 class NewCropsEachEpoch(Callback):
