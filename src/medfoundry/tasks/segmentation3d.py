@@ -4,9 +4,10 @@
 (``medfoundry prepare``) or an nnU-Net/MSD folder, or when ``--pretrained`` is a 3D checkpoint.
 
 - **Network** (``network``; ``nets.segmenters3d``): ``auto`` (default: the checkpoint's,
-  else ``resnet_unet``), ``resnet_unet``, ``pctnet``, ``unet`` or ``swinunetr``, with its options under the key of the same name (``pctnet``:
-  ``backbone`` = ``PCTNetEncoder`` arguments, default width 1, window 6, ``resolution_mode``
-  1, and ``deep_supervision``, default true). With a checkpoint the network is the one the
+  else ``resnet_unet``), ``resnet_unet``, ``pctnet``, ``unet`` or ``swinunetr``, with its
+  options under the key of the same name (``pctnet``: ``backbone`` = ``PCTNetEncoder``
+  arguments, default width 1, window 6, ``resolution_mode`` 1, and ``deep_supervision``,
+  default true). With a checkpoint the network is the one the
   checkpoint fits (Volume Fusion / VoCo on a ResNet: ``resnet_unet`` with the checkpoint's
   backbone and decoder channels; Volume Fusion with ``volume_fusion_pctnet``: ``pctnet`` with
   the checkpoint's encoder arguments); a named network the checkpoint does not fit and
