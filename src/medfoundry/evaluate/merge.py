@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medfoundry.errors import MedfoundryError
-from medfoundry.evaluate.resume import PARTIAL, RESULTS, protocol, write_partial
+from medfoundry.evaluate.resume import PARTIAL, RESULTS, protocol, stored_state, write_partial
 
 # Top-level state keys that describe one process's run, not the protocol.
 _RUN_KEYS = frozenset(
@@ -28,14 +28,12 @@ _RUN_KEYS = frozenset(
 
 def read_state(folder: Path) -> dict[str, Any]:
     """The benchmark state of ``folder`` (partial first, then final)."""
-    for name in (PARTIAL, RESULTS):
-        path = folder / name
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise MedfoundryError(f"{path}: not valid JSON ({e})") from e
-    raise MedfoundryError(f"{folder}: no {PARTIAL} or {RESULTS} (not a benchmark folder)")
+    found = stored_state(folder)
+    if found is None:
+        raise MedfoundryError(
+            f"{folder}: no readable {PARTIAL} or {RESULTS} (not a benchmark folder)"
+        )
+    return found[1]
 
 
 def _protocol_view(state: dict[str, Any], resume_free: Collection[str]) -> dict[str, Any]:

@@ -23,6 +23,19 @@ def protocol(config: dict[str, Any], resume_free: Collection[str]) -> dict[str, 
     return {k: v for k, v in config.items() if k not in resume_free}
 
 
+def stored_state(out_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The first readable stored state of `out_dir` (partial, then final) and its path."""
+    for name in (PARTIAL, RESULTS):
+        path = out_dir / name
+        if not path.is_file():
+            continue
+        try:
+            return path, json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+    return None
+
+
 def load_state(
     out_dir: Path, config: dict[str, Any], resume_free: Collection[str]
 ) -> dict[str, Any]:
@@ -31,24 +44,19 @@ def load_state(
     Raises `MedfoundryError` when the stored configuration differs from `config` in a key
     outside `resume_free`.
     """
-    for name in (PARTIAL, RESULTS):
-        path = out_dir / name
-        if not path.is_file():
-            continue
-        try:
-            state = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            continue
-        old = json.loads(json.dumps(protocol(state.get("config", {}), resume_free)))
-        new = json.loads(json.dumps(protocol(config, resume_free)))
-        if old != new:
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise MedfoundryError(
-                f"{path}: results of a different configuration (differs in {diff}); "
-                "use another output folder or remove the old results"
-            )
-        return state
-    return {}
+    found = stored_state(out_dir)
+    if found is None:
+        return {}
+    path, state = found
+    old = json.loads(json.dumps(protocol(state.get("config", {}), resume_free)))
+    new = json.loads(json.dumps(protocol(config, resume_free)))
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise MedfoundryError(
+            f"{path}: results of a different configuration (differs in {diff}); "
+            "use another output folder or remove the old results"
+        )
+    return state
 
 
 def write_partial(out_dir: Path, state: dict[str, Any]) -> None:
