@@ -32,6 +32,7 @@ PRETRAIN_FLAGS = {
     "devices": "trainer.devices",
     "num_nodes": "trainer.num_nodes",
     "strategy": "trainer.strategy",
+    "probe_data": "probe.data",
 }
 
 

@@ -184,3 +184,55 @@ def test_training_learns_the_synthetic_structures(folders):
     assert dice[0] > 0.5, f"heart Dice {dice.tolist()}"  # chance level is ~0.15
     assert dice[2] > 0.6, f"lung Dice {dice.tolist()}"
     assert torch.isfinite(dice).all()
+
+
+def test_swin_arms_train_with_the_swin_section_and_resnet_arms_ignore_it(folders, tmp_path):
+    train, test, _ = folders
+    swin_bb = {
+        "name": "swin",
+        "in_channels": 1,
+        "embed_dim": 8,
+        "depths": [1, 1, 1, 1],
+        "num_heads": [1, 1, 2, 2],
+        "window_size": 2,
+        "patch_size": 4,
+        "drop_path": 0.0,
+    }
+    section = {"steps": 3, "val_every": 3, "grad_clip": 0.5, "tune": {"lr": [1e-3, 2e-3]}}
+    seen: list[dict] = []
+    real = fewshot.train_segmenter
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["cfg"])
+        return real(*args, **kwargs)
+
+    cfg = {**CFG, "repeats": 1, "steps": 4, "val_every": 4}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fewshot, "train_segmenter", recording)
+        out = tmp_path / "resnet"
+        run_jsrt_fewshot(train, test, ["none"], out, cfg, progress=False)
+        plain = seen.pop()
+        # a ResNet-only folder resumes (nothing retrains) after a swin section is added
+        run_jsrt_fewshot(train, test, ["none"], out, {**cfg, "swin": section}, progress=False)
+        # ... and so does a folder written before grad_clip / layer_decay / warmup_fraction existed
+        state = json.loads((out / "results.json").read_text())
+        for key in ("grad_clip", "layer_decay", "warmup_fraction", "swin"):
+            del state["config"][key]
+        (out / "results.json").write_text(json.dumps(state))
+        run_jsrt_fewshot(train, test, ["none"], out, cfg, progress=False)
+        assert seen == []
+        with pytest.raises(MedfoundryError, match="different configuration"):
+            run_jsrt_fewshot(train, test, ["none"], out, {**cfg, "grad_clip": 1.0}, False)
+        run_jsrt_fewshot(train, test, ["none"], tmp_path / "r2", {**cfg, "swin": section}, False)
+        assert seen.pop() == plain and "swin" not in plain and plain["grad_clip"] is None
+        res = run_jsrt_fewshot(
+            train, test, ["none"], tmp_path / "swin", {**cfg, "backbone": swin_bb, "swin": section},
+            progress=False,
+        )
+    assert [c["lr"] for c in seen] == [1e-3, 2e-3, res["arms"]["scratch"]["lr"]]  # tune, run
+    assert all(c["steps"] == 3 and c["grad_clip"] == 0.5 and "swin" not in c for c in seen)
+    assert res["arms"]["scratch"]["recipe"] == section
+    with pytest.raises(MedfoundryError, match="training keys only"):
+        run_jsrt_fewshot(
+            train, test, ["none"], tmp_path / "bad", {**cfg, "swin": {"shots": [3]}}, False
+        )

@@ -60,7 +60,7 @@ def test_forward_outputs_and_channels(in_channels: int) -> None:
     model = tiny_mae(in_channels)
     images = blobs(2, in_channels)
     out = model(images)
-    assert set(out) == {"loss", "masked_fraction", "visible_mse"}
+    assert set(out) == {"loss", "masked_fraction", "visible_mse", "spread", "mean_length"}
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
     assert out["masked_fraction"].item() == pytest.approx(0.75)
     recon, pixel_mask = model.reconstruct(images)

@@ -69,7 +69,17 @@ def test_validation_forward_changes_nothing(train_mode: bool, level: int) -> Non
     queue, ptr, keys = model.queue.clone(), model.queue_ptr.clone(), key_state(model)
     everything = {k: v.clone() for k, v in model.state_dict().items()}
     out = model(images(seed=1), update=False)
-    assert set(out) == {"loss", "pruned_fraction", "pos_sim", "neg_sim"}
+    assert set(out) == {
+        "loss",
+        "pruned_fraction",
+        "pos_sim",
+        "neg_sim",
+        "spread",
+        "mean_length",
+        "retrieval",
+        "neg_new",
+        "neg_old",
+    }
     assert torch.isfinite(out["loss"])
     assert torch.equal(model.queue, queue) and torch.equal(model.queue_ptr, ptr)
     assert same_state(key_state(model), keys)  # no EMA step, BN running stats untouched

@@ -63,7 +63,17 @@ def test_one_backbone_call_for_all_crops(ema: bool, multi_scale: bool) -> None:
     k, r = 4, 2
     assert calls["student"] == [3 * (k + r)]  # ONE call: every base and random crop, all volumes
     assert calls["teacher"] == ([3 * k] if ema else [])  # the teacher encodes the bases only
-    assert set(out) == {"loss", "pos_loss", "neg_loss", "reg_loss", "pred_mean", "pred_error"}
+    assert set(out) == {
+        "loss",
+        "pos_loss",
+        "neg_loss",
+        "reg_loss",
+        "pred_mean",
+        "pred_error",
+        "spread",
+        "mean_length",
+        "retrieval",
+    }
     assert torch.isfinite(out["loss"]) and out["loss"].requires_grad
     total = out["pos_loss"] + out["neg_loss"] + out["reg_loss"]
     torch.testing.assert_close(out["loss"].detach(), total)

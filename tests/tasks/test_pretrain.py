@@ -284,3 +284,74 @@ def test_crops_that_are_mostly_padding_warn(volume_store, tmp_path):
     )
     with pytest.warns(UserWarning, match=r"77% zero padding on the median volume \(40x40x24\)"):
         pretrain(cfg, [volume_store], tmp_path / "run", progress=False)
+
+
+def _class_folders(root, n_per_class: int = 6):
+    """Two classes of toy radiographs: a bright blob on the left or on the right."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:64, :64]
+    for label, cx in (("LEFT", 18), ("RIGHT", 46)):
+        (root / label).mkdir(parents=True)
+        for i in range(n_per_class):
+            cy = rng.integers(20, 44)
+            img = 60 + 120 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 60.0)
+            img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / label / f"person{i}_{label}.png")
+    return root
+
+
+def test_probe_data_logs_probe_scores_and_selects_by_them(
+    xray_folder, tmp_path, tiny_pretrain_config
+):
+    from medfoundry.evaluate.curves import read_stage_log
+
+    cfg = tiny_pretrain_config("moco")
+    cfg["epochs"] = 2
+    cfg["probe"] = {"data": str(_class_folders(tmp_path / "probe")), "per_class": 6}
+    run = pretrain(cfg, [xray_folder], tmp_path / "run", progress=False)
+    log = read_stage_log(run / "stage0_level0")
+    assert len(log["probe/knn_auc"]) == 2 and len(log["probe/linear_auc"]) == 2
+    for key in ("spread", "mean_length", "retrieval", "neg_new", "neg_old"):
+        assert f"train/{key}_step" in log and f"val/{key}" in log
+    ckpt = torch.load(
+        run / "stage0_level0" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False
+    )
+    monitors = [v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert monitors and monitors[0]["monitor"] == "probe/knn_auc"
+
+
+def test_selection_rule_never_picks_the_contrastive_loss():
+    from medfoundry.tasks.pretrain import selection_rule
+
+    assert selection_rule({"method": "adam"}, True, True) == ("probe/knn_auc", "max")
+    assert selection_rule({"method": "moco"}, True, False) == ("val/retrieval", "max")
+    assert selection_rule({"method": "adam"}, False, False) == (None, "min")
+    assert selection_rule({"method": "mae"}, True, False) == ("val/loss", "min")
+    named = {"method": "moco", "selection": {"monitor": "val/loss", "mode": "min"}}
+    assert selection_rule(named, True, False) == ("val/loss", "min")
+
+
+def test_probe_data_is_refused_for_3d_methods(volume_store, tmp_path):
+    from medfoundry.config import load_config
+
+    cfg = load_config("volume_fusion_cpu")
+    cfg["probe"] = {"data": str(tmp_path)}
+    with pytest.raises(MedfoundryError, match="2D class folders"):
+        pretrain(cfg, [volume_store], tmp_path / "run", progress=False)
+
+
+def test_views_augment_reaches_the_view_generator_and_presets_differ(tiny_pretrain_config):
+    from medfoundry.config import load_config, merge
+    from medfoundry.tasks.pretrain import _build
+
+    base = tiny_pretrain_config()
+    cfg = merge(base, {"views": {"augment": {"scale": [0.3, 0.9], "rotation": 5}}})
+    method = _build(cfg, 0)
+    assert tuple(method.augment.scale) == (0.3, 0.9) and method.augment.rotation == 5
+    assert tuple(_build(base, 0).augment.scale) == (0.2, 1.0)  # the paper's crops
+    cpu, paper = load_config("adam_cpu"), load_config("adam_cpu_paper")
+    assert cpu["moco"]["queue_size"] < paper["moco"]["queue_size"]
+    assert cpu["moco"]["proj_bn"] and not paper["moco"]["proj_bn"]

@@ -124,3 +124,41 @@ def test_benchmark_gives_each_network_its_own_scratch_arm(tmp_path):
         "adam-adam",
         "scratch",
     ]
+
+
+def test_swin_recipe_overrides_only_swin_networks():
+    from medfoundry.errors import MedfoundryError
+    from medfoundry.tasks.segmentation import segmentation_recipe
+
+    cfg = {"lr": 1e-3, "steps": 600, "augment": {"max_shift": 0.1, "intensity": 0.2}}
+    cfg["swin"] = {"lr": 3e-4, "grad_clip": 1.0, "augment": {"intensity": 0.1}}
+    swin = segmentation_recipe(cfg, SWIN)
+    assert swin["lr"] == 3e-4 and swin["grad_clip"] == 1.0 and swin["steps"] == 600
+    assert swin["augment"] == {"max_shift": 0.1, "intensity": 0.1}  # deep merge
+    assert "swin" not in swin and segmentation_recipe(swin, SWIN) == swin  # final
+    resnet = segmentation_recipe(cfg, BACKBONE)
+    assert resnet == {k: v for k, v in cfg.items() if k != "swin"}
+    with pytest.raises(MedfoundryError, match="cannot set"):
+        segmentation_recipe({**cfg, "swin": {"image_size": 256}}, SWIN)
+
+
+@pytest.mark.parametrize("backbone", [BACKBONE, SWIN], ids=["resnet", "swin"])
+def test_grad_clip_reaches_the_trainer(monkeypatch, backbone):
+    import medfoundry.tasks.segmentation as seg
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("gradient_clip_val"))
+        return seg_make_trainer(*args, **kwargs)
+
+    seg_make_trainer = seg.make_trainer
+    monkeypatch.setattr(seg, "make_trainer", spy)
+    x, y = torch.randn(2, 1, 64, 64), (torch.rand(2, 2, 64, 64) > 0.5).to(torch.uint8)
+    cfg = {"steps": 2, "batch_size": 2, "decoder_channels": DEC, "accelerator": "cpu"}
+    cfg["swin"] = {"grad_clip": 0.5}
+    run = dict(backbone_cfg=backbone, pretrained=None, out_dir=None, seed=0, progress=False)
+    seg.train_segmenter(x, y, None, None, cfg={**cfg, "grad_clip": 2.0}, **run)
+    seg.train_segmenter(x, y, None, None, cfg={k: v for k, v in cfg.items() if k != "swin"}, **run)
+    swin = backbone is SWIN
+    assert seen == [0.5 if swin else 2.0, None]

@@ -1,8 +1,10 @@
 """Plot a pretraining run's curves across its stages: the loss and each method's own metrics.
 
-One look at `curves.png` tells whether a run learned: the loss should fall; for Adam/MoCo the
-positive cosine should stay above the negative one and the pruned fraction far from 1
-(collapse); for VoCo the overlap error should fall below a constant guess's; for Volume Fusion
+One look at `curves.png` tells whether a run learned. A falling loss alone does not: for
+Adam/MoCo within-batch retrieval should rise far above chance, the spread stay well above 0 and
+the mean-embedding length well below 1, the newest and oldest negatives look alike (no
+key-freshness shortcut) and the pruned fraction stay far from 1; with a probe set, the frozen
+kNN / linear AUC should rise (docs/representation.md); for VoCo the overlap error should fall below a constant guess's; for Volume Fusion
 the voxel accuracy should rise.
 """
 
@@ -32,7 +34,29 @@ CONTRASTIVE_PANELS = (
         (("train/pos_sim_step", "-"), ("train/neg_sim_step", "--")),
         (-1.05, 1.05),
     ),
+    Panel(
+        "negatives by age: newest (solid) vs oldest (dashed) 1/8 of the queue",
+        (("train/neg_new_step", "-"), ("train/neg_old_step", "--")),
+        (-1.05, 1.05),
+    ),
+    Panel(
+        "within-batch retrieval top-1 (dots: validation)",
+        (("train/retrieval_step", "-"), ("val/retrieval", "o-")),
+        (-0.02, 1.02),
+    ),
     Panel("pruned fraction of negatives", (("train/pruned_fraction_step", "-"),), (-0.02, 1.02)),
+)
+# Panels any method gets when it logs their series: collapse signals and the online probe.
+SIGNAL_PANELS = (
+    Panel(
+        "spread (solid; 1 = uniform, 0 = collapse), mean-embedding length (dashed)",
+        (("train/spread_step", "-"), ("train/mean_length_step", "--")),
+        (-0.02, 1.05),
+    ),
+    Panel(
+        "frozen probe: kNN AUC (solid), linear AUC (dashed)",
+        (("probe/knn_auc", "o-"), ("probe/linear_auc", "s--")),
+    ),
 )
 METHOD_PANELS: dict[str, tuple[str, tuple[Panel, ...], str]] = {
     # marker metric -> (method, panels after the loss, loss title)
@@ -77,11 +101,14 @@ METHOD_PANELS: dict[str, tuple[str, tuple[Panel, ...], str]] = {
 
 
 def panels_for(logs: list[dict[str, list[tuple[int, float]]]]) -> tuple[Panel, ...]:
-    """The loss panel and the method's own panels (contrastive ones when no marker is logged)."""
+    """The loss panel, the method's own panels (contrastive ones when no marker is logged),
+    then the signal and probe panels whose series some stage logged."""
+    logged = {key for s in logs for key in s}
+    extra = tuple(p for p in SIGNAL_PANELS if any(key in logged for key, _ in p.series))
     for marker, (_, panels, loss_title) in METHOD_PANELS.items():
-        if any(marker in s for s in logs):
-            return (Panel(loss_title, ()), *panels)
-    return (Panel("loss (dots: validation)", ()), *CONTRASTIVE_PANELS)
+        if marker in logged:
+            return (Panel(loss_title, ()), *panels, *extra)
+    return (Panel("loss (dots: validation)", ()), *CONTRASTIVE_PANELS, *extra)
 
 
 def read_stage_log(stage_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -114,7 +141,13 @@ def plot_pretrain_curves(run_dir: str | Path, out: str | Path | None = None) -> 
     if not logs:
         return None
     panels = panels_for([s for _, s in logs])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3))
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    axes = axes[: len(panels)]
     offset = 0
     for i, (name, s) in enumerate(logs):
         color = f"C{i}"
@@ -123,7 +156,7 @@ def plot_pretrain_curves(run_dir: str | Path, out: str | Path | None = None) -> 
         axes[0].plot(*shift(s.get("val/loss", [])), "o-", color=color, ms=3, lw=1.2)
         for ax, panel in zip(axes[1:], panels[1:], strict=True):
             for key, style in panel.series:
-                ax.plot(*shift(s.get(key, [])), style, color=color, lw=0.8)
+                ax.plot(*shift(s.get(key, [])), style, color=color, lw=0.8, ms=3)
         steps = [p for series in s.values() for p, _ in series]
         offset += max(steps, default=0) + 1
     for ax, panel in zip(axes, panels, strict=True):

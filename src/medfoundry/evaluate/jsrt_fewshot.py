@@ -10,6 +10,10 @@ with seed `base_seed + 1000 * repeat + k`, so every arm sees the same subsets.
 Outputs in `out_dir`: `results.json` (config, splits, per-run per-image Dice, summaries, load
 reports), `results.md` (mean ± sd table), `results.png` (Dice vs k). While running,
 `results.partial.json` is rewritten atomically after every run; a restart skips finished runs.
+
+Swin-UNet arms train with the config's `swin:` section merged over the general training keys
+(`medfoundry.tasks.segmentation.segmentation_recipe`; its `tune` grid included); ResNet arms
+ignore it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,13 @@ from medfoundry.evaluate.report import markdown_table, plot_metric_vs_k
 from medfoundry.evaluate.resume import PARTIAL, RESULTS, load_state, write_final
 from medfoundry.evaluate.summary import describe
 from medfoundry.runtime import atomic_write_text, record_run
-from medfoundry.tasks.segmentation import evaluate, train_segmenter
+from medfoundry.tasks.segmentation import (
+    SWIN_RECIPE_KEY,
+    evaluate,
+    is_swin,
+    segmentation_recipe,
+    train_segmenter,
+)
 
 __all__ = ["PARTIAL", "RESULTS", "resolve_arms", "run_jsrt_fewshot", "split_ids"]
 
@@ -57,17 +67,27 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lr": 1e-3,
     "weight_decay": 1e-4,
     "warmup_steps": None,
+    "warmup_fraction": None,  # None: 5 % (used when warmup_steps is None)
     "encoder_lr_mult": 1.0,
+    "grad_clip": None,  # gradient-norm clipping (None: off)
+    "layer_decay": None,  # layer-wise lr decay of a Swin encoder (None: off)
     "augment": {"max_shift": 0.1, "max_scale": 0.1, "max_rotate_deg": 10.0, "intensity": 0.2},
     "precision": "32-true",
     "accelerator": "auto",
     "tune": None,  # e.g. {"lr": [3e-4, 1e-3, 3e-3]}
     "inner_progress": False,  # Lightning's per-run bars (only when progress=True)
     "keep_logs": False,  # write each run's CSV logs under out_dir/logs/
+    "swin": None,  # training keys (tune included) that replace the above for Swin-UNet arms
 }
 
 # Keys that do not change any finished run's numbers: a restart may differ in them.
 _RESUME_FREE = {"shots", "repeats", "inner_progress", "keep_logs", "eval_batch_size"}
+# Keys added after results were first stored, with the value that reproduces the older runs:
+# a stored config without the key resumes when the new config holds that value.
+_ADDED_KEYS: dict[str, Any] = {"warmup_fraction": None, "grad_clip": None, "layer_decay": None}
+# Protocol keys that a `swin:` section must not change (every arm sees the same protocol);
+# the data keys are refused by `segmentation_recipe` itself.
+_PROTOCOL_KEYS = {"shots", "repeats", "base_seed", "val_size"}
 
 
 def split_ids(pool_ids: Sequence[str], k: int, val_size: int, seed: int) -> tuple[list, list]:
@@ -102,8 +122,29 @@ def _items(data: Any, members: list[str]) -> list[Any]:
     return list(data)
 
 
-def _load_state(out_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
-    return load_state(out_dir, config, _RESUME_FREE)
+def _load_state(out_dir: Path, config: dict[str, Any], arms: list[dict[str, Any]]) -> dict:
+    """The stored state (see `resume.load_state`); keys that cannot have changed any stored run
+    are free: the `swin:` section when no arm is a Swin, and `_ADDED_KEYS` the stored config
+    lacks while the new one holds their neutral value."""
+    free = set(_RESUME_FREE)
+    if not any(is_swin(a["backbone"]) for a in arms):
+        free.add(SWIN_RECIPE_KEY)
+    found = resume.stored_state(out_dir)
+    old = found[1].get("config", {}) if found else {}
+    free |= {k for k, v in _ADDED_KEYS.items() if k not in old and config.get(k) == v}
+    return load_state(out_dir, config, free)
+
+
+def arm_configs(cfg: dict[str, Any], arms: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each arm's training config (`segmentation_recipe`: the `swin:` section for Swin arms).
+    Raises MedfoundryError when the section would change the protocol (shots, splits, data)."""
+    section = cfg.get(SWIN_RECIPE_KEY) or {}
+    bad = sorted(set(section) & _PROTOCOL_KEYS) if isinstance(section, dict) else []
+    if bad:
+        raise MedfoundryError(
+            f"config: the {SWIN_RECIPE_KEY!r} section may hold training keys only, not {bad}"
+        )
+    return {a["name"]: segmentation_recipe(cfg, a["backbone"]) for a in arms}
 
 
 def _summaries(
@@ -137,7 +178,12 @@ def _markdown(state: dict[str, Any], arms: list[dict[str, Any]]) -> str:
         f"{cfg['repeats']} repeats (different training images per repeat); k training "
         f"images from a pool of {state['pool_size']}, model selection on "
         f"{cfg['val_size']} validation images of the same pool; {cfg['steps']} steps, "
-        f"batch {cfg['batch_size']}.",
+        f"batch {cfg['batch_size']}."
+        + (
+            f" Swin-UNet arms: {cfg[SWIN_RECIPE_KEY]}."
+            if cfg.get(SWIN_RECIPE_KEY) and any(is_swin(a["backbone"]) for a in arms)
+            else ""
+        ),
         "",
         markdown_table(state["summary"], structures, [str(k) for k in shots], arms=names),
         "| arm | checkpoint | network | input | load report | lr |",
@@ -195,7 +241,8 @@ def run_jsrt_fewshot(
     by_id = {str(it.id): it for it in train_items}
     test_by_id = {str(it.id): it for it in test_items}
 
-    state = _load_state(out_dir, cfg)
+    state = _load_state(out_dir, cfg, arms)
+    arm_cfg = arm_configs(cfg, arms)
     if state.get("runs") and (
         state.get("test_ids") != test_ids or state.get("pool_size") != len(pool_ids)
     ):
@@ -255,14 +302,16 @@ def run_jsrt_fewshot(
         idx = torch.tensor([pos[i] for i in ids], dtype=torch.long)
         return px[idx], py[idx]
 
-    tune = cfg.get("tune") or {}
-    tune_lrs = [float(v) for v in tune.get("lr", [])] if tune else []
-    tune_ks = sorted({min(cfg["shots"]), max(cfg["shots"])}) if tune_lrs else []
-    if tune_lrs and int(cfg["val_size"]) < 1:
+    def tune_lrs(arm: dict[str, Any]) -> list[float]:
+        tune = arm_cfg[arm["name"]].get("tune") or {}
+        return [float(v) for v in tune.get("lr", [])]
+
+    tune_ks = sorted({min(cfg["shots"]), max(cfg["shots"])})
+    if any(tune_lrs(a) for a in arms) and int(cfg["val_size"]) < 1:
         raise MedfoundryError("config: tuning needs validation images (val_size >= 1)")
     jobs: list[tuple[str, dict[str, Any], int, int, float | None]] = []
     for arm in arms:
-        for lr in tune_lrs:
+        for lr in tune_lrs(arm):
             for k in tune_ks:
                 jobs.append(("tune", arm, k, 0, lr))
         for k in cfg["shots"]:
@@ -278,15 +327,16 @@ def run_jsrt_fewshot(
         return str(r) in state["runs"].get(arm["name"], {}).get(str(k), {})
 
     def chosen_lr(arm: dict[str, Any]) -> float:
-        if not tune_lrs:
-            return float(cfg["lr"])
+        lrs = tune_lrs(arm)
+        if not lrs:
+            return float(arm_cfg[arm["name"]]["lr"])
         tuning = state["tuning"].setdefault(arm["name"], {"val_dice": {}})
         scores = {
             lr: float(np.mean([tuning["val_dice"][repr(lr)][str(k)] for k in tune_ks]))
-            for lr in tune_lrs
+            for lr in lrs
         }
-        best = max(tune_lrs, key=lambda lr: scores[lr])
-        tuning["mean_val_dice"] = {repr(lr): scores[lr] for lr in tune_lrs}
+        best = max(lrs, key=lambda lr: scores[lr])
+        tuning["mean_val_dice"] = {repr(lr): scores[lr] for lr in lrs}
         tuning["chosen_lr"] = best
         return best
 
@@ -302,6 +352,8 @@ def run_jsrt_fewshot(
     )
     for arm in arms:
         info_arm = arm_info(arm, reports.get(arm["name"]))
+        if is_swin(arm["backbone"]) and cfg.get(SWIN_RECIPE_KEY):
+            info_arm["recipe"] = cfg[SWIN_RECIPE_KEY]
         state["arms"].setdefault(arm["name"], {}).update(info_arm)
     for job in jobs:
         kind, arm, k, r, lr = job
@@ -316,7 +368,7 @@ def run_jsrt_fewshot(
         tr_ids, va_ids = splits[(k, r)]
         trx, try_ = subset(px, py, tr_ids)
         vax, vay = subset(px, py, va_ids)
-        run_cfg = {**cfg, "lr": run_lr}
+        run_cfg = {**arm_cfg[name], "lr": run_lr}
         logs = None
         if cfg.get("keep_logs"):
             tag = f"k{k}_r{r}" + (f"_lr{lr:g}" if kind == "tune" else "")

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from medfoundry.methods.signals import embedding_signals
 from medfoundry.nets.decay import no_weight_decay
 from medfoundry.nets.swin import SwinBackbone
 from medfoundry.nets.swin_decoder import SwinDecoder, image_to_tokens, tokens_to_image
@@ -160,7 +161,8 @@ class MaskedAutoencoder(nn.Module):
             flip = flip.to(images.device)[:, None, None, None]  # (B, 1, 1, 1)
             images = torch.where(flip, images.flip(-1), images)
         mask = self.draw_mask(images, generator)  # (B, h, w) bool
-        pred = self.predict(images, mask)
+        feats = self.backbone.features(images, mask=mask, mask_token=self.mask_token)
+        pred = self.decoder(feats)
         loss = masked_patch_mse(pred, images, mask, self.backbone.patch_size, self.norm_pix_loss)
         with torch.no_grad():
             visible = masked_patch_mse(
@@ -170,6 +172,7 @@ class MaskedAutoencoder(nn.Module):
             "loss": loss,
             "masked_fraction": mask.float().mean(),
             "visible_mse": visible,
+            **embedding_signals(feats[-1].mean(dim=(2, 3))),  # pooled encoder output (B, D)
         }
 
     @torch.no_grad()

@@ -29,6 +29,7 @@ Differences from the reference (``Eden/Adam-v1``), on purpose:
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +37,10 @@ from torch import Tensor, nn
 
 from medfoundry.methods.distributed import concat_all_gather
 from medfoundry.methods.losses import info_nce, purposive_pruner_loss
+from medfoundry.methods.signals import age_cosines, mean_length, retrieval_top1, spread
 from medfoundry.methods.stateless import call_keeping_buffers
 from medfoundry.nets.heads import mlp_projector
+from medfoundry.nets.split_bn import split_batchnorm
 from medfoundry.pretext.anatomy import AnatomyAugment, decompose_views
 
 
@@ -46,9 +49,16 @@ class MoCo(nn.Module):
 
     Args:
         backbone: the query backbone; ``backbone(x) -> (B, D)`` with ``backbone.out_dim == D``.
-        proj_hidden, proj_dim: the 2-layer MLP projector (no BN), as in the reference.
+        proj_hidden, proj_dim: the 2-layer MLP projector (no BN, as in the reference, unless
+            ``proj_bn``).
         queue_size: number of negative keys K (any value, need not divide the batch).
         momentum: EMA factor m of the key encoder (``key = m key + (1 - m) query``).
+        momentum_end: with a value, m follows a cosine from ``momentum`` to ``momentum_end``
+            over the stage (BYOL's schedule; the trainer calls ``set_progress``).
+        proj_bn: BatchNorm after the projector's hidden layer (MoCo-v3, SimCLR).
+        symmetric: the loss of both view orders, (q1, k2) and (q2, k1), both keys enqueued.
+        bn_splits: BatchNorm statistics per ``bn_splits`` sub-batches and the key batch
+            shuffled before its encoder: shuffle-BN in one process (``nets.split_bn``).
         temperature: softmax temperature T (0.2 in the Adam recipe).
         prune_threshold: cosine at or above which queue keys are pruned at levels > 0; None
             disables pruning (InfoNCE at every level).
@@ -69,6 +79,10 @@ class MoCo(nn.Module):
         level: int = 0,
         out_size: int = 224,
         augment: AnatomyAugment | dict | None = None,
+        momentum_end: float | None = None,
+        proj_bn: bool = False,
+        symmetric: bool = False,
+        bn_splits: int = 1,
     ) -> None:
         super().__init__()
         if queue_size < 1:
@@ -77,7 +91,15 @@ class MoCo(nn.Module):
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if momentum_end is not None and not 0.0 <= momentum_end <= 1.0:
+            raise ValueError(f"momentum_end must be in [0, 1], got {momentum_end}")
+        if bn_splits < 1:
+            raise ValueError(f"bn_splits must be >= 1, got {bn_splits}")
+        self.base_momentum = float(momentum)
+        self.momentum_end = None if momentum_end is None else float(momentum_end)
         self.momentum = float(momentum)
+        self.symmetric = bool(symmetric)
+        self.bn_splits = int(bn_splits)
         self.temperature = float(temperature)
         self.prune_threshold = None if prune_threshold is None else float(prune_threshold)
         self.out_size = int(out_size)
@@ -87,9 +109,12 @@ class MoCo(nn.Module):
         self.level = 0
         self.set_level(level)
 
-        self.backbone = backbone
-        self.projector = mlp_projector(int(backbone.out_dim), proj_hidden, proj_dim)
-        self.key_backbone = copy.deepcopy(backbone)
+        self.backbone = split_batchnorm(backbone, self.bn_splits)
+        self.projector = split_batchnorm(
+            mlp_projector(int(backbone.out_dim), proj_hidden, proj_dim, bn=proj_bn),
+            self.bn_splits,
+        )
+        self.key_backbone = copy.deepcopy(self.backbone)
         self.key_projector = copy.deepcopy(self.projector)
         for p in self._key_params():
             p.requires_grad_(False)
@@ -104,6 +129,14 @@ class MoCo(nn.Module):
         if int(level) != level or level < 0:
             raise ValueError(f"level must be an integer >= 0, got {level!r}")
         self.level = int(level)
+
+    def set_progress(self, progress: float) -> None:
+        """Where the stage is (0 at its start, 1 at its end): sets the EMA momentum."""
+        if self.momentum_end is None:
+            return
+        p = min(1.0, max(0.0, float(progress)))
+        cos = 0.5 * (1.0 + math.cos(math.pi * p))
+        self.momentum = self.momentum_end - (self.momentum_end - self.base_momentum) * cos
 
     @torch.no_grad()
     def reset_queue(self, seed: int = 0) -> None:
@@ -148,27 +181,39 @@ class MoCo(nn.Module):
 
     # --- forward ------------------------------------------------------------------------------
     def _keys(self, views: Tensor, keep_state: bool) -> Tensor:
-        """Key embeddings; with ``keep_state`` in training mode, BN statistics are not updated."""
+        """Key embeddings; with ``keep_state`` in training mode, BN statistics are not updated.
+
+        With split BatchNorm in training mode the batch is shuffled before the encoder and
+        restored after it, so a key never shares its sub-batch statistics with its query.
+        """
+        if self.bn_splits > 1 and self.key_backbone.training:
+            perm = torch.randperm(views.shape[0], device=views.device)
+            out = _encode(self.key_backbone, self.key_projector, views[perm], keep_state)
+            return out[perm.argsort()]
         return _encode(self.key_backbone, self.key_projector, views, keep_state)
 
     def forward(
         self, images: Tensor, update: bool = True, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
-        """Loss and statistics for a batch of images (B, C, H, W); views are made here.
+        """Loss, collapse signals and statistics for a batch of images (B, C, H, W).
 
         ``update=True`` (training) takes the EMA step before computing the keys and enqueues
         the (all-rank) keys after the loss; ``update=False`` (validation) changes neither.
+        The signals (``methods.signals``) are of the query embeddings: ``spread``,
+        ``mean_length``, ``retrieval`` (top-1 of each query among the batch's keys) and
+        ``neg_new`` / ``neg_old`` (mean cosine with the newest / oldest eighth of the queue).
         """
         with torch.no_grad():
             view_q, view_k = decompose_views(
                 images, self.level, 2, self.out_size, self.augment, generator
             )
-        q = _encode(self.backbone, self.projector, view_q, keep_state=not update)
-        q = F.normalize(q, dim=1)  # (B, D)
+        if self.symmetric:  # both orders in one pass of each encoder
+            view_q, view_k = torch.cat([view_q, view_k]), torch.cat([view_k, view_q])
+        q = F.normalize(self._queries(view_q, keep_state=not update), dim=1)  # (B', D)
         with torch.no_grad():
             if update:
                 self.momentum_update()
-            k = F.normalize(self._keys(view_k, keep_state=not update), dim=1)  # (B, D)
+            k = F.normalize(self._keys(view_k, keep_state=not update), dim=1)  # (B', D)
         # The loss saves the queue for backward; it is modified in place below, so use a copy.
         queue = self.queue.clone() if update else self.queue
         if self.level == 0 or self.prune_threshold is None:
@@ -179,12 +224,31 @@ class MoCo(nn.Module):
                 q, k, queue, self.temperature, self.prune_threshold
             )
         with torch.no_grad():
+            b = images.shape[0]
             qf = q.detach().float()
             pos_sim = (qf * k.float()).sum(dim=1).mean()
             neg_sim = qf.mean(dim=0) @ queue.float().mean(dim=0)  # = mean of q @ queue.T
+            neg_new, neg_old = age_cosines(qf, queue, self.queue_ptr)
+            stats = {
+                "spread": spread(qf[:b]),
+                "mean_length": mean_length(qf[:b]),
+                "retrieval": retrieval_top1(qf[:b], k[:b]),
+                "neg_new": neg_new,
+                "neg_old": neg_old,
+            }
         if update:
             self.enqueue(concat_all_gather(k))
-        return {"loss": loss, "pruned_fraction": pruned, "pos_sim": pos_sim, "neg_sim": neg_sim}
+        return {
+            "loss": loss,
+            "pruned_fraction": pruned,
+            "pos_sim": pos_sim,
+            "neg_sim": neg_sim,
+            **stats,
+        }
+
+    def _queries(self, views: Tensor, keep_state: bool) -> Tensor:
+        """Query embeddings (B, D), unnormalised."""
+        return _encode(self.backbone, self.projector, views, keep_state)
 
 
 def _encode(backbone: nn.Module, projector: nn.Module, views: Tensor, keep_state: bool) -> Tensor:

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medfoundry.methods.signals import embedding_signals
 from medfoundry.methods.stateless import call_keeping_buffers
 from medfoundry.nets.heads import bn_projector
 from medfoundry.pretext.voco import VoCoAugment, voco_views
@@ -243,6 +244,10 @@ class VoCo(nn.Module):
         reg = base_dissimilarity_loss(bases)
         with torch.no_grad():
             error = (pred - views.targets).abs().mean()
+            signals = {
+                **embedding_signals(bases.flatten(0, 1)),
+                "retrieval": crop_retrieval(randoms, targets_for, views.targets),
+            }
         return {
             "loss": pos + neg + self.reg_weight * reg,
             "pos_loss": pos.detach(),
@@ -250,4 +255,21 @@ class VoCo(nn.Module):
             "reg_loss": reg.detach(),
             "pred_mean": pred.detach().mean(),
             "pred_error": error,
+            **signals,
         }
+
+
+@torch.no_grad()
+def crop_retrieval(randoms: Tensor, bases: Tensor, targets: Tensor) -> Tensor:
+    """Share of random crops (B, R, P) whose most similar base crop among ALL the batch's bases
+    (B, K, P) is their own volume's base of largest overlap ``targets`` (B, R, K); chance is
+    1 / (B * K). A label-free signal that the embeddings tell volumes and positions apart."""
+    b, r, _ = randoms.shape
+    k = bases.shape[1]
+    sims = (
+        F.normalize(randoms.flatten(0, 1).float(), dim=1)
+        @ F.normalize(bases.flatten(0, 1).float(), dim=1).t()
+    )  # (B*R, B*K)
+    own = torch.arange(b, device=randoms.device).repeat_interleave(r) * k  # first own base
+    best = own + targets.flatten(0, 1).argmax(dim=1)  # the own base of largest overlap
+    return (sims.argmax(dim=1) == best).float().mean()

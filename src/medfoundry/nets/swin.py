@@ -163,6 +163,29 @@ class SwinBackbone(nn.Module):
         """Global-average-pooled embedding (B, D) of the normalised last map."""
         return self.features(x)[-1].mean(dim=(2, 3))
 
+    @property
+    def num_layers(self) -> int:
+        """Depth L for layer-wise lr decay: ids 0 (patch embedding) .. L (final norm)."""
+        return sum(self.depths) + 1
+
+    def layer_id(self, name: str) -> int:
+        """Layer-wise lr decay id of parameter ``name`` (as in ``self.named_parameters()``).
+
+        MAE/BEiT numbering over the blocks of all stages: patch embedding 0, block j of stage i
+        ``sum(depths[:i]) + j + 1``, the patch merging after stage i the id of that stage's last
+        block, the final norm ``num_layers``. Unknown names raise (a renamed module must not
+        silently get some lr)."""
+        parts = name.split(".")
+        if parts[0] == "patch_embed":
+            return 0
+        if parts[0] == "layers" and len(parts) > 3 and parts[2] == "blocks":
+            return sum(self.depths[: int(parts[1])]) + int(parts[3]) + 1
+        if parts[0] == "downsamples":
+            return sum(self.depths[: int(parts[1]) + 1])
+        if parts[0] == "norm":
+            return self.num_layers
+        raise ValueError(f"SwinBackbone.layer_id: no layer for parameter {name!r}")
+
 
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters (tensors that require grad or not; buffers excluded)."""

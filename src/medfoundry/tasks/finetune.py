@@ -143,7 +143,9 @@ def finetune_segmentation(
 ) -> dict[str, Any]:
     """Train a U-Net (pretrained encoder) on an images/ + masks/<structure>/ folder; save it.
 
-    A 3D store or nnU-Net/MSD folder, or a 3D checkpoint, goes to
+    A Swin backbone trains with the config's `swin:` section over the general keys
+    (`segmentation_recipe`; the resolved config is recorded). A 3D store or nnU-Net/MSD
+    folder, or a 3D checkpoint, goes to
     `medfoundry.tasks.segmentation3d.finetune_segmentation3d` instead.
     """
     if is_3d_segmentation(data, pretrained):
@@ -153,7 +155,7 @@ def finetune_segmentation(
     from medfoundry.data.manifest import scan_segmentation_folder
     from medfoundry.data.segmentation import load_segmentation_set, structure_groups
     from medfoundry.evaluate.summary import mean_sd
-    from medfoundry.tasks.segmentation import evaluate, train_segmenter
+    from medfoundry.tasks.segmentation import evaluate, segmentation_recipe, train_segmenter
 
     seed = int(cfg.get("seed", 0))
     items = scan_segmentation_folder(data)
@@ -167,6 +169,7 @@ def finetune_segmentation(
             or (None if pretrained else cfg["default_image_size"]),
         },
     )
+    cfg = segmentation_recipe(cfg, backbone_cfg)  # a Swin-UNet trains with the `swin:` keys
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     n_val = max(1, int(round(len(items) * float(cfg["val_fraction"])))) if len(items) > 1 else 0

@@ -31,8 +31,9 @@ from medfoundry.methods import build_method
 from medfoundry.nets import create_backbone
 from medfoundry.runtime import atomic_write_json, record_run, seed_everything
 from medfoundry.train.engine import make_trainer, resume_path
-from medfoundry.train.guards import PruningCollapseGuard
+from medfoundry.train.guards import PruningCollapseGuard, RepresentationCollapseGuard
 from medfoundry.train.pretrain_module import PretrainModule
+from medfoundry.train.probe import OnlineProbe, ProbeSet, load_probe_set
 from medfoundry.zoo import save_checkpoint
 
 FINAL_DIR = "checkpoint"
@@ -75,18 +76,79 @@ def _selected_ckpt(stage_dir: Path) -> Path:
     raise MedfoundryError(f"{stage_dir}: no checkpoint to continue from")
 
 
-def _guards(cfg: dict[str, Any], level: int, stage_dir: Path) -> list[PruningCollapseGuard]:
-    """The collapse guard, on pruned stages only (`guard.collapse_patience: 0` turns it off)."""
+def _guards(cfg: dict[str, Any], level: int, stage_dir: Path, stage_steps: int) -> list[Callback]:
+    """The stage's collapse guards: the pruner guard on pruned stages, the representation
+    guard on contrastive ones (`guard.collapse_patience` / `guard.representation_patience`:
+    0 turns each off)."""
     guard = cfg.get("guard", {})
+    out: list[Callback] = []
+    if cfg["method"] in CONTRASTIVE:
+        warmup = guard.get("representation_warmup")
+        out.append(
+            RepresentationCollapseGuard(
+                warmup_steps=int(warmup) if warmup is not None else max(100, stage_steps // 4),
+                patience=int(guard.get("representation_patience", 100)),
+                chance_factor=float(guard.get("retrieval_chance_factor", 2.0)),
+                max_mean_length=float(guard.get("max_mean_length", 0.95)),
+                where=str(stage_dir),
+            )
+        )
     if level == 0 or cfg.get("moco", {}).get("prune_threshold") is None:
-        return []
-    return [
+        return out
+    out.append(
         PruningCollapseGuard(
             max_fraction=float(guard.get("max_pruned_fraction", 0.99)),
             patience=int(guard.get("collapse_patience", 50)),
             where=str(stage_dir),
         )
-    ]
+    )
+    return out
+
+
+CONTRASTIVE = ("adam", "moco")  # methods that log within-batch retrieval and the queue signals
+
+
+def selection_rule(cfg: dict[str, Any], has_val: bool, has_probe: bool) -> tuple[str | None, str]:
+    """(monitored metric, mode) that picks the checkpoint a stage carries forward.
+
+    ``selection.monitor: auto`` (default): the probe's kNN AUC when ``--probe-data`` is given;
+    else within-batch retrieval on the validation images for contrastive methods (never their
+    raw loss, which a shortcut can lower, see docs/representation.md); else the validation
+    loss; the last epoch without validation images. A named metric (``selection.monitor:
+    val/loss``, ``selection.mode: min``) overrides the rule.
+    """
+    sel = cfg.get("selection") or {}
+    monitor = sel.get("monitor", "auto")
+    if monitor != "auto":
+        return (None if monitor in (None, "last") else str(monitor)), str(sel.get("mode", "max"))
+    if has_probe:
+        return "probe/knn_auc", "max"
+    if not has_val:
+        return None, "min"
+    if cfg["method"] in CONTRASTIVE:
+        return "val/retrieval", "max"
+    return "val/loss", "min"
+
+
+def _probe_set(cfg: dict[str, Any], progress: bool) -> ProbeSet | None:
+    """The labeled probe images (`probe.data`: class folders) at the backbone's input size."""
+    pcfg = cfg.get("probe") or {}
+    if not pcfg.get("data"):
+        return None
+    if cfg["method"] in VOLUME_METHODS:
+        raise MedfoundryError(
+            f"probe.data: the online probe reads 2D class folders; {cfg['method']} pretrains "
+            "on 3D crops (measure a 3D run downstream instead)"
+        )
+    return load_probe_set(
+        pcfg["data"],
+        int(input_size(cfg)),
+        channels=int(cfg["backbone"]["in_channels"]),
+        normalization=cfg.get("normalization", XRAY_NORMALIZATION),
+        per_class=int(pcfg.get("per_class", 200)),
+        seed=int(cfg.get("seed", 0)),
+        progress=progress,
+    )
 
 
 def input_size(cfg: dict[str, Any]) -> int | list[int]:
@@ -114,6 +176,8 @@ def _build(cfg: dict[str, Any], level: int) -> torch.nn.Module:
     if cfg["method"] in ("mae", *VOLUME_METHODS):
         return build_method(cfg["method"], backbone, **cfg.get(cfg["method"], {}))
     kwargs = {"level": level, "out_size": input_size(cfg), **cfg.get("moco", {})}
+    if cfg["views"].get("augment"):  # view augmentation (AnatomyAugment fields) over the paper's
+        kwargs["augment"] = dict(cfg["views"]["augment"])
     return build_method(cfg["method"], backbone, **kwargs)
 
 
@@ -306,6 +370,7 @@ def pretrain(
     else:
         normalization = cfg.setdefault("normalization", dict(XRAY_NORMALIZATION))
         train_set, val_set, n_items = _image_data(cfg, data, seed, normalization, progress)
+    probe = _probe_set(cfg, progress)
     record_run(out_dir, {**cfg, "data_sources": [str(d) for d in data], "n_images": n_items})
 
     batch_size = min(int(cfg["optim"]["batch_size"]), len(train_set))
@@ -338,6 +403,7 @@ def pretrain(
         return method.export_backbone(), meta, dec
 
     tcfg = cfg.get("trainer", {})
+    monitor, mode = selection_rule(cfg, val_loader is not None, probe is not None)
     prev_stage: Path | None = None
     timings: dict[str, float] = {}
     for i, (level, n_epochs) in enumerate(zip(levels, epochs, strict=True)):
@@ -362,10 +428,14 @@ def pretrain(
                 num_nodes=int(tcfg.get("num_nodes", 1)),
                 strategy=str(tcfg.get("strategy", "auto")),
                 progress=progress,
-                monitor="val/loss" if val_loader is not None else None,
+                monitor=monitor,
                 log_every_n_steps=max(1, min(10, steps_per_epoch)),
-                mode="min",
-                callbacks=[*_guards(cfg, level, stage_dir), NewCropsEachEpoch()],
+                mode=mode,
+                callbacks=[
+                    *([OnlineProbe(probe)] if probe is not None else []),
+                    *_guards(cfg, level, stage_dir, n_epochs * steps_per_epoch),
+                    NewCropsEachEpoch(),
+                ],
                 loggers=list(tcfg.get("loggers", ["csv"])),
             )
             start = time.time()

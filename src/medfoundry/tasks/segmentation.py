@@ -7,6 +7,9 @@ Training is step-based: every step draws `batch_size` images with replacement fr
 training images, augments them on the device, and validation runs every `val_every` steps;
 the weights with the best mean validation Dice are restored at the end (model selection on
 validation images only, never on the test set).
+
+A config may carry a `swin:` section (`SWIN_RECIPE_KEY`): keys that replace the general ones
+only when the network is a Swin-UNet (`segmentation_recipe`); ResNet runs ignore it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
+from medfoundry.config import merge
+from medfoundry.errors import MedfoundryError
 from medfoundry.evaluate.metrics import dice_score
 from medfoundry.nets import create_backbone
 from medfoundry.nets.swin_unet import SwinUNet
@@ -39,7 +44,34 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "accelerator": "auto",
     "devices": 1,
     "min_fraction": 1.0,  # share of backbone tensors a pretrained checkpoint must provide
+    "grad_clip": None,  # gradient-norm clipping (None: off)
 }
+
+SWIN_RECIPE_KEY = "swin"
+# Keys chosen before the network is known (data and network): a `swin:` section cannot set them.
+DATA_KEYS = frozenset(
+    {"backbone", "image_size", "default_image_size", "normalization", "structures"}
+)
+
+
+def is_swin(backbone_cfg: dict[str, Any]) -> bool:
+    """True when `backbone_cfg` builds a Swin encoder (hence a Swin-UNet)."""
+    return str(backbone_cfg.get("name", "")).startswith("swin")
+
+
+def segmentation_recipe(cfg: dict[str, Any], backbone_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The training config of one network: `cfg` with its `swin:` section deep-merged over the
+    general keys when `backbone_cfg` is a Swin, and that section dropped either way (so the
+    result is final: applying it again changes nothing). Transformers need a gentler recipe
+    than the ResNet default (clipping, longer warm-up, layer decay); ResNet cfgs stay as given."""
+    base = {k: v for k, v in cfg.items() if k != SWIN_RECIPE_KEY}
+    section = cfg.get(SWIN_RECIPE_KEY) or {}
+    if not isinstance(section, dict):
+        raise MedfoundryError(f"config key {SWIN_RECIPE_KEY!r} must be a mapping, got {section!r}")
+    bad = sorted(set(section) & DATA_KEYS)
+    if bad:
+        raise MedfoundryError(f"config: the {SWIN_RECIPE_KEY!r} section cannot set {bad}")
+    return merge(base, section) if is_swin(backbone_cfg) else base
 
 
 def build_segmenter(
@@ -82,7 +114,7 @@ def build_segmenter(
 def _backbone_args(backbone_cfg: dict[str, Any]) -> dict[str, Any]:
     """Every argument of a Swin backbone; the architecture keys of a ResNet (a config may
     carry others, e.g. a run's recorded extras)."""
-    if str(backbone_cfg.get("name", "")).startswith("swin"):
+    if is_swin(backbone_cfg):
         return dict(backbone_cfg)
     keys = ("name", "in_channels", "width", "spatial_dims")
     return {k: backbone_cfg[k] for k in keys if k in backbone_cfg}
@@ -105,12 +137,13 @@ def train_segmenter(
     """Train a segmenter on (N, C, H, W) images / (N, K, H, W) 0-1 masks; return (model, info).
 
     `cfg`: steps, batch_size, val_every, eval_batch_size, decoder_channels, precision,
-    accelerator, plus the optimiser/augmentation keys of `SegmentationModule` (lr,
-    weight_decay, warmup_steps, encoder_lr_mult, augment, ...). `out_dir` (optional) receives
+    accelerator, grad_clip, plus the optimiser/augmentation keys of `SegmentationModule` (lr,
+    weight_decay, warmup_steps, warmup_fraction, encoder_lr_mult, layer_decay, augment, ...),
+    and optionally a `swin:` section applied by `segmentation_recipe`. `out_dir` (optional) receives
     Lightning's CSV logs only (no checkpoints). The returned model is on the CPU, in eval mode,
     holding the best-by-validation weights (the final ones when there is no validation set).
     """
-    c = {**TRAIN_DEFAULTS, **cfg}
+    c = {**TRAIN_DEFAULTS, **segmentation_recipe(cfg, backbone_cfg)}
     if train_x.shape[0] == 0:
         raise ValueError("train_segmenter: no training images")
     num_classes = int(train_y.shape[1])
@@ -156,6 +189,7 @@ def train_segmenter(
         save_checkpoints=False,
         callbacks=[best] if has_val else [],
         log_every_n_steps=min(10, steps),
+        gradient_clip_val=None if c["grad_clip"] is None else float(c["grad_clip"]),
     )
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)

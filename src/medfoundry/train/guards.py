@@ -37,3 +37,78 @@ class PruningCollapseGuard(Callback):
                 "moco.momentum for short runs, or raise moco.prune_threshold "
                 "(set pretrain guard.collapse_patience=0 to disable this check)."
             )
+
+
+class RepresentationCollapseGuard(Callback):
+    """Stop a contrastive stage whose embeddings do not tell images apart after warm-up.
+
+    Signals (logged by the method every step, see `medfoundry.methods.signals`), each smoothed
+    by an exponential moving average over about 20 steps:
+
+    * ``retrieval``: within-batch top-1 of each query's own key; collapsed when it stays at or
+      below ``chance_factor`` x chance (1 / batch) for ``patience`` steps;
+    * ``mean_length``: length of the mean normalised query; collapsed when it stays at or
+      above ``max_mean_length`` (every image near one direction) for ``patience`` steps.
+
+    Nothing is checked during the first ``warmup_steps`` steps of the stage (a network starts
+    near-collapsed: its random features are nearly one vector).
+    """
+
+    def __init__(
+        self,
+        warmup_steps: int = 200,
+        patience: int = 100,
+        chance_factor: float = 2.0,
+        max_mean_length: float = 0.95,
+        where: str = "",
+    ) -> None:
+        self.warmup_steps = int(warmup_steps)
+        self.patience = int(patience)
+        self.chance_factor = float(chance_factor)
+        self.max_mean_length = float(max_mean_length)
+        self.where = where
+        self.smooth: dict[str, float] = {}
+        self.streaks = {"retrieval": 0, "mean_length": 0}
+        self.steps = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.patience <= 0:
+            return
+        self.steps += 1
+        metrics = trainer.callback_metrics
+        for key in self.streaks:
+            value = metrics.get(f"train/{key}_step")
+            if value is not None:
+                prev = self.smooth.get(key)
+                v = float(value)
+                self.smooth[key] = v if prev is None else 0.95 * prev + 0.05 * v
+        if self.steps <= self.warmup_steps:
+            return
+        chance = 1.0 / max(1, int(batch.shape[0]))
+        limit = self.chance_factor * chance
+        bad = {
+            "retrieval": self.smooth.get("retrieval", 1.0) <= limit,
+            "mean_length": self.smooth.get("mean_length", 0.0) >= self.max_mean_length,
+        }
+        for key, is_bad in bad.items():
+            self.streaks[key] = self.streaks[key] + 1 if is_bad else 0
+        if self.streaks["retrieval"] >= self.patience:
+            self._stop(
+                trainer,
+                f"within-batch retrieval stayed at chance ({self.smooth['retrieval']:.3f} <= "
+                f"{self.chance_factor:g} x 1/{int(batch.shape[0])})",
+            )
+        if self.streaks["mean_length"] >= self.patience:
+            self._stop(
+                trainer,
+                f"the mean normalised embedding has length {self.smooth['mean_length']:.3f} "
+                f"(>= {self.max_mean_length}): every image maps to nearly one direction",
+            )
+
+    def _stop(self, trainer: L.Trainer, signal: str) -> None:
+        raise MedfoundryError(
+            f"{self.where}: collapsed at step {trainer.global_step} after "
+            f"{self.warmup_steps} warm-up steps: {signal} for {self.patience} steps in a row. "
+            "See docs/representation.md for recipes that learn (set pretrain "
+            "guard.representation_patience=0 to disable this check)."
+        )

@@ -1,6 +1,7 @@
 """The fine-tuning optimiser shared by the 2D and 3D segmentation modules.
 
-AdamW with the encoder at ``encoder_lr_mult`` times the learning rate, no weight decay where
+AdamW with the encoder at ``encoder_lr_mult`` times the learning rate, optionally layer-wise lr
+decay inside the encoder (``layer_decay``, MAE/BEiT fine-tuning), no weight decay where
 ``nets.decay.no_weight_decay`` says so, and a per-step linear warm-up + cosine schedule.
 """
 
@@ -11,30 +12,69 @@ from typing import Any
 import torch
 from torch import nn
 
+from medfoundry.errors import MedfoundryError
 from medfoundry.nets.decay import no_weight_decay
 from medfoundry.train.schedules import warmup_cosine
+
+
+def layer_decay_scales(encoder: nn.Module, decay: float) -> dict[int, tuple[int, float]]:
+    """``id(param) -> (layer id, lr scale)`` for the encoder's parameters: layer id l of an
+    encoder with depth L (its ``layer_id``/``num_layers``, e.g. ``SwinBackbone``) trains at
+    ``decay ** (L - l)`` times the lr, so the patch embedding moves least and the top most.
+
+    Raises MedfoundryError for an encoder that defines no layer ids (ResNets: no layer decay)."""
+    if not (hasattr(encoder, "layer_id") and hasattr(encoder, "num_layers")):
+        raise MedfoundryError(
+            f"layer_decay: {type(encoder).__name__} defines no layer ids (only Swin encoders "
+            "support layer-wise lr decay); set layer_decay to null"
+        )
+    depth = int(encoder.num_layers)
+    out: dict[int, tuple[int, float]] = {}
+    for name, p in encoder.named_parameters():
+        layer = int(encoder.layer_id(name))
+        out[id(p)] = (layer, float(decay) ** (depth - layer))
+    return out
+
+
+def warmup_steps(cfg: dict[str, Any], max_steps: int) -> int:
+    """``warmup_steps`` when set, else ``warmup_fraction`` (default 5 %) of ``max_steps``."""
+    steps = cfg.get("warmup_steps")
+    if steps is not None:
+        return int(steps)
+    fraction = cfg.get("warmup_fraction")
+    return int(round((0.05 if fraction is None else float(fraction)) * max_steps))
 
 
 def encoder_aware_adamw(model: nn.Module, cfg: dict[str, Any], max_steps: int) -> dict[str, Any]:
     """Lightning's ``configure_optimizers`` answer for ``model`` (its ``encoder`` attribute, when
     it has one, gets the lr multiplier). cfg keys: lr, weight_decay, encoder_lr_mult,
-    warmup_steps (None: 5 % of ``max_steps``), min_lr_ratio."""
+    layer_decay (None: off; else per-layer encoder lr scales, see ``layer_decay_scales``; the
+    decoder and head keep the full lr), warmup_steps (None: ``warmup_fraction``, default 5 %,
+    of ``max_steps``), min_lr_ratio."""
     lr = float(cfg["lr"])
     wd = float(cfg["weight_decay"])
     mult = float(cfg.get("encoder_lr_mult", 1.0))
     encoder = getattr(model, "encoder", None)
     enc_ids = {id(p) for p in encoder.parameters()} if isinstance(encoder, nn.Module) else set()
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    decay = cfg.get("layer_decay")
+    scales = {} if decay is None or encoder is None else layer_decay_scales(encoder, decay)
+    # key: (encoder?, exempt from decay?, layer id or None); its lr scale
+    groups: dict[tuple[bool, bool, int | None], list[nn.Parameter]] = {}
+    group_scale: dict[tuple[bool, bool, int | None], float] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:  # key: (encoder?, exempt from decay?)
-            groups.setdefault((id(p) in enc_ids, no_weight_decay(name, p)), []).append(p)
+        if not p.requires_grad:
+            continue
+        enc = id(p) in enc_ids
+        layer, scale = scales.get(id(p), (None, 1.0))
+        key = (enc, no_weight_decay(name, p), layer)
+        groups.setdefault(key, []).append(p)
+        group_scale[key] = scale * (mult if enc else 1.0)
     param_groups = [
-        {"params": ps, "lr": lr * (mult if enc else 1.0), "weight_decay": 0.0 if exempt else wd}
-        for (enc, exempt), ps in groups.items()
+        {"params": ps, "lr": lr * group_scale[key], "weight_decay": 0.0 if key[1] else wd}
+        for key, ps in groups.items()
     ]
     opt = torch.optim.AdamW(param_groups, lr=lr, weight_decay=wd)
-    warmup = cfg.get("warmup_steps")
-    warmup = int(round(0.05 * max_steps)) if warmup is None else int(warmup)
+    warmup = warmup_steps(cfg, max_steps)
     min_ratio = float(cfg.get("min_lr_ratio", 0.0))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: warmup_cosine(step, warmup, max_steps, min_ratio)

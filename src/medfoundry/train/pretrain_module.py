@@ -28,6 +28,7 @@ class PretrainModule(L.LightningModule):
         self.optim = dict(optim)
         self.total_steps = max(1, int(total_steps))
         self.seed = int(seed)
+        self._progress_total: int | None = None
 
     def on_train_start(self) -> None:
         """Under DDP, give each rank its own random stream (views, masks, flips differ)."""
@@ -35,6 +36,10 @@ class PretrainModule(L.LightningModule):
             torch.manual_seed(self.seed + 1000 * self.trainer.global_rank + self.current_epoch)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        if hasattr(self.method, "set_progress"):  # schedules inside the method (EMA momentum)
+            if self._progress_total is None:
+                self._progress_total = self._schedule_steps()[0]
+            self.method.set_progress(self.global_step / max(1, self._progress_total))
         out = self.method(batch, update=True)
         self._log("train", out, batch.shape[0], prog_bar=True)
         return out["loss"]

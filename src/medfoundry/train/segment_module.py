@@ -3,7 +3,7 @@
 Loss: MONAI Dice (sigmoid) + BCE-with-logits, one sigmoid channel per structure so structures
 may overlap (JSRT's clavicles overlap the lungs). AdamW with linear warm-up and cosine decay
 over `max_steps`; an optional lower learning rate for a pretrained encoder
-(`encoder_lr_mult`). Augmentation (`augment_batch`) runs in `training_step`, on the device.
+(`encoder_lr_mult`) and layer-wise lr decay inside a Swin encoder (`layer_decay`). Augmentation (`augment_batch`) runs in `training_step`, on the device.
 Validation logs `val/dice_mean` and `val/dice_<structure>` (threshold 0.5).
 """
 
@@ -25,9 +25,11 @@ from medfoundry.train.optim import encoder_aware_adamw
 DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "weight_decay": 1e-4,
-    "warmup_steps": None,  # None: 5% of max_steps
+    "warmup_steps": None,  # None: warmup_fraction of max_steps
+    "warmup_fraction": 0.05,
     "min_lr_ratio": 0.0,
     "encoder_lr_mult": 1.0,
+    "layer_decay": None,  # e.g. 0.75: layer-wise lr decay in a Swin encoder (None: off)
     "bce_weight": 1.0,
     "augment": {"max_shift": 0.1, "max_scale": 0.1, "max_rotate_deg": 10.0, "intensity": 0.2},
 }
@@ -36,9 +38,9 @@ DEFAULTS: dict[str, Any] = {
 class SegmentationModule(L.LightningModule):
     """Train `model` (images -> logits (B, K, H, W)) on batches `(images, masks)`.
 
-    `cfg` keys (defaults in `DEFAULTS`): lr, weight_decay, warmup_steps, min_lr_ratio,
-    encoder_lr_mult (applies to `model.encoder` parameters, when the model has one),
-    bce_weight, augment (kwargs of `augment_batch`, or None/False for no augmentation).
+    `cfg` keys (defaults in `DEFAULTS`): lr, weight_decay, warmup_steps, warmup_fraction,
+    min_lr_ratio, encoder_lr_mult (applies to `model.encoder` parameters, when the model has
+    one), layer_decay (see `medfoundry.train.optim.encoder_aware_adamw`), bce_weight, augment (kwargs of `augment_batch`, or None/False for no augmentation).
     """
 
     def __init__(

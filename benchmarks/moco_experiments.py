@@ -1,0 +1,185 @@
+"""One-change MoCo-v2 experiments at CPU scale: collapse signals and a frozen kNN probe.
+
+The project's own MoCo module (views, encoders, EMA, queue, loss) in a plain SGD loop, small
+enough for minutes on one core (ResNet-18 width 0.25, 64² views). Every ``--every`` steps it
+prints the loss, the collapse signals of `medfoundry.methods.signals` (spread, mean-embedding
+length, within-batch retrieval, queue-age cosines) and, with ``--probe-data``, the kNN / linear
+probe AUC of the frozen backbone (`medfoundry.train.probe`). Defaults are the ``adam_cpu``
+preset's ratios: batch 64, queue 4,096 (64 steps of keys), m 0.99, lr 0.03 x 64 / 256, cosine.
+Each flag changes one thing:
+
+    python benchmarks/moco_experiments.py --data KERMANY_POOL JSRT_POOL/images --probe-data KERMANY_POOL
+    ... --momentum 0.999 | --momentum-end 0.999 | --proj-bn | --queue 256 | --symmetric
+    ... --bn-split 4 | --schedule constant | --lr 0.075 | --crop-scale 0.5 1 | --rotation 10
+    ... --tag NAME --json OUT.json
+    python benchmarks/moco_experiments.py --table OUT.json   # the markdown table of the runs
+
+`--json` appends one record per run (settings and the logged rows) to a JSON-lines file, the
+raw material of docs/representation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from medfoundry.data.normalize import XRAY_NORMALIZATION
+from medfoundry.data.pretrain import collect_images, load_images
+from medfoundry.methods import build_method
+from medfoundry.nets import create_backbone
+from medfoundry.train.probe import load_probe_set, probe_scores
+from medfoundry.train.schedules import cosine_lambda
+
+SIGNALS = ("loss", "pos_sim", "neg_sim", "spread", "mean_length", "retrieval", "neg_new", "neg_old")
+
+
+TABLE = (
+    "retrieval",
+    "mean_length",
+    "spread",
+    "neg_new",
+    "neg_old",
+    "loss",
+    "knn_auc",
+    "linear_auc",
+)
+
+
+def table(path: Path) -> str:
+    """Markdown table of a JSON-lines file of runs: the last logged row of each, with the
+    step-0 probe AUCs (the random network's) in brackets."""
+    head = "| run | steps | " + " | ".join(TABLE) + " |"
+    lines = [head, "|" + "---|" * (len(TABLE) + 2)]
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        first, last = rec["rows"][0], rec["rows"][-1]
+        cells = []
+        for k in TABLE:
+            v = last.get(k)
+            cell = "" if v is None else f"{v:.3f}"
+            if k in first and v is not None:
+                cell += f" ({first[k]:.3f})"
+            cells.append(cell)
+        lines.append(f"| {rec['tag']} | {last['step']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--table", type=Path, help="print the markdown table of a --json file, exit")
+    p.add_argument("--data", nargs="+", help="folders of unlabeled images")
+    p.add_argument("--probe-data", help="class folders for the kNN / linear probe")
+    p.add_argument("--probe-per-class", type=int, default=200)
+    p.add_argument("--images", type=int, default=0, help="use only this many (0: all)")
+    p.add_argument("--load-size", type=int, default=80)
+    p.add_argument("--view-size", type=int, default=64)
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--queue", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.03 * 64 / 256, help="the preset's scaled lr")
+    p.add_argument("--momentum", type=float, default=0.99)
+    p.add_argument("--momentum-end", type=float, default=None)
+    p.add_argument("--proj-bn", action="store_true")
+    p.add_argument("--symmetric", action="store_true")
+    p.add_argument("--bn-split", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--crop-scale", type=float, nargs=2, default=None, help="view crop area range")
+    p.add_argument("--rotation", type=float, default=None, help="max view rotation (degrees)")
+    p.add_argument("--every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="")
+    p.add_argument("--json", type=Path, help="append the run's record to this JSON-lines file")
+    a = p.parse_args()
+    if a.table is not None:
+        print(table(a.table))
+        return
+    if not a.data:
+        p.error("--data is required")
+
+    torch.manual_seed(a.seed)
+    paths = collect_images(a.data)
+    if a.images:
+        paths = paths[:: max(1, len(paths) // a.images)][: a.images]  # spread over the folders
+    norm = dict(XRAY_NORMALIZATION)
+    images = load_images(paths, a.load_size, channels=1, normalization=norm, progress=False)
+    probe = None
+    if a.probe_data:
+        probe = load_probe_set(
+            a.probe_data, a.view_size, normalization=norm, per_class=a.probe_per_class
+        )
+    augment = {}
+    if a.crop_scale is not None:
+        augment["scale"] = tuple(a.crop_scale)
+    if a.rotation is not None:
+        augment["rotation"] = a.rotation
+    backbone = create_backbone(name="resnet18", width=a.width, in_channels=1)
+    moco = build_method(
+        "moco",
+        backbone,
+        out_size=a.view_size,
+        proj_hidden=256,
+        queue_size=a.queue,
+        momentum=a.momentum,
+        momentum_end=a.momentum_end,
+        temperature=a.temperature,
+        proj_bn=a.proj_bn,
+        symmetric=a.symmetric,
+        bn_splits=a.bn_split,
+        augment=augment,
+    )
+    params = [q for q in moco.parameters() if q.requires_grad]
+    opt = torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=1e-4)
+    decay = cosine_lambda(a.steps, a.warmup) if a.schedule == "cosine" else (lambda _s: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
+    gen = torch.Generator().manual_seed(a.seed)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    print(f"{len(images)} images, {settings}", flush=True)
+    rows: list[dict[str, float]] = []
+
+    def log(step: int, window: list[list[float]]) -> None:
+        row: dict[str, float] = {"step": step}
+        if window:
+            row |= dict(zip(SIGNALS, torch.tensor(window).mean(0).tolist(), strict=True))
+        if probe is not None:
+            row |= probe_scores(moco.backbone, probe)
+        row["seconds"] = round(time.time() - start, 1)
+        rows.append(row)
+        print(
+            "  ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+            ),
+            flush=True,
+        )
+
+    step, start, window = 0, time.time(), []
+    log(0, [])
+    while step < a.steps:
+        order = torch.randperm(len(images), generator=gen)
+        for i in range(0, len(images) - a.batch + 1, a.batch):
+            moco.set_progress(step / a.steps)
+            out = moco(images[order[i : i + a.batch]], update=True)
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+            sched.step()
+            step += 1
+            window.append([float(out[k].detach()) for k in SIGNALS])
+            if step % a.every == 0 or step == a.steps:
+                log(step, window)
+                window = []
+            if step >= a.steps:
+                break
+    if a.json is not None:
+        with a.json.open("a") as f:
+            f.write(json.dumps({"tag": a.tag, "settings": settings, "rows": rows}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
