@@ -12,7 +12,7 @@ Each flag changes one thing:
     ... --momentum 0.999 | --momentum-end 0.999 | --proj-bn | --queue 256 | --symmetric
     ... --bn-split 4 | --schedule constant | --lr 0.075 | --crop-scale 0.5 1 | --rotation 10
     ... --tag NAME --json OUT.json
-    python benchmarks/moco_experiments.py --table OUT.json   # the markdown table of the runs
+    python benchmarks/moco_experiments.py --table OUT.json [--plot OUT.png]   # table (and plot)
 
 `--json` appends one record per run (settings and the logged rows) to a JSON-lines file, the
 raw material of docs/representation.md.
@@ -68,9 +68,35 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def plot(path: Path, out: Path) -> None:
+    """Retrieval, mean-embedding length and kNN AUC against the step, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    keys = ("retrieval", "mean_length", "knn_auc")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
+    colors = plt.cm.tab20.colors
+    for i, rec in enumerate(records):
+        for ax, key in zip(axes, keys, strict=True):
+            rows = [r for r in rec["rows"] if key in r]
+            xs, ys = [r["step"] for r in rows], [r[key] for r in rows]
+            ax.plot(xs, ys, label=rec["tag"], color=colors[i % 20], ls="-" if i < 10 else "--")
+    for ax, key in zip(axes, keys, strict=True):
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--table", type=Path, help="print the markdown table of a --json file, exit")
+    p.add_argument("--plot", type=Path, help="with --table: also plot the runs to this PNG")
     p.add_argument("--data", nargs="+", help="folders of unlabeled images")
     p.add_argument("--probe-data", help="class folders for the kNN / linear probe")
     p.add_argument("--probe-per-class", type=int, default=200)
@@ -99,6 +125,8 @@ def main() -> None:
     a = p.parse_args()
     if a.table is not None:
         print(table(a.table))
+        if a.plot is not None:
+            plot(a.table, a.plot)
         return
     if not a.data:
         p.error("--data is required")

@@ -22,3 +22,19 @@ def test_quick_demo_writes_table_plot_and_results(tmp_path, capsys):
     assert "random linear probe" in table
     assert "random linear probe" in capsys.readouterr().out
     assert (out / "pretrain" / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_verdict_calls_a_gain_within_the_repeats_spread_noise():
+    from medfoundry.tasks.demo import _verdict
+
+    noisy = {
+        "adam linear probe": {"auc": [0.83, 0.80, 0.88]},
+        "random linear probe": {"auc": [0.80, 0.84, 0.85]},
+    }
+    assert "within the noise" in _verdict(noisy)
+    clear = {
+        "adam linear probe": {"auc": [0.90, 0.91, 0.92]},
+        "random linear probe": {"auc": [0.80, 0.80, 0.83]},
+    }
+    line = _verdict(clear).splitlines()[1]
+    assert line.endswith("better.") and "+0.100" in line

@@ -313,11 +313,13 @@ def test_probe_data_logs_probe_scores_and_selects_by_them(
     cfg["probe"] = {"data": str(_class_folders(tmp_path / "probe")), "per_class": 6}
     run = pretrain(cfg, [xray_folder], tmp_path / "run", progress=False)
     log = read_stage_log(run / "stage0_level0")
-    assert len(log["probe/knn_auc"]) == 2 and len(log["probe/linear_auc"]) == 2
+    # the starting weights at step 0, then one score per epoch
+    assert len(log["probe/knn_auc"]) == 3 and len(log["probe/linear_auc"]) == 3
+    assert log["probe/knn_auc"][0][0] == 0 < log["probe/knn_auc"][1][0]
     for key in ("spread", "mean_length", "retrieval", "neg_new", "neg_old"):
         assert f"train/{key}_step" in log and f"val/{key}" in log
     ckpt = torch.load(
-        run / "stage0_level0" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False
+        run / "stage0_level0" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True
     )
     monitors = [v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
     assert monitors and monitors[0]["monitor"] == "probe/knn_auc"

@@ -183,6 +183,16 @@ class OnlineProbe(Callback):
         for key, value in scores.items():
             pl_module.log(f"probe/{key}", value, on_step=False, on_epoch=True, sync_dist=False)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Score the starting weights once (not on resume): the baseline the probe must beat.
+        Written straight to the loggers at step 0, so epoch metrics and selection ignore it."""
+        if trainer.global_step != 0:
+            return
+        scores = probe_scores(pl_module.method.backbone, self.probe)
+        self.history.append((0, scores))
+        for logger in trainer.loggers:
+            logger.log_metrics({f"probe/{k}": v for k, v in scores.items()}, step=0)
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._run(trainer, pl_module)
 
