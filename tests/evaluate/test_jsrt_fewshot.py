@@ -10,8 +10,9 @@ import torch
 import medfoundry.evaluate.jsrt_fewshot as fewshot
 from medfoundry.data.manifest import scan_segmentation_folder
 from medfoundry.data.normalize import XRAY_NORMALIZATION
-from medfoundry.data.segmentation import load_segmentation_set
+from medfoundry.data.segmentation import load_segmentation_set, structure_groups
 from medfoundry.errors import MedfoundryError
+from medfoundry.evaluate.baselines import MEAN_MASK, mean_mask_dice
 from medfoundry.evaluate.jsrt_fewshot import run_jsrt_fewshot, split_ids
 from medfoundry.nets import create_backbone
 from medfoundry.tasks.segmentation import evaluate, train_segmenter
@@ -114,6 +115,21 @@ def test_protocol_outputs_and_resume(folders, tmp_path, monkeypatch):
     md = (out / "results.md").read_text()
     assert "scratch" in md and "adam-adam_toy" in md and "heart k=2" in md and "±" in md
     assert res["summary"] == saved["summary"]
+    # the mean-mask reference row: no training, the same splits, exact on recomputation
+    ref = saved["summary"][MEAN_MASK]["2"]
+    assert ref["heart"]["n"] == 2 and set(ref) == {"heart", "clavicle", "lungs", "mean"}
+    assert "| mean mask |" in md
+    groups = structure_groups(["heart", "clavicle", "lungs"])
+    load = dict(size=64, structures=groups, channels=1, normalization=XRAY_NORMALIZATION)
+    by_id = {it.id: it for it in scan_segmentation_folder(train, structures=NAMES)}
+    test_items = scan_segmentation_folder(test, structures=NAMES)
+    _, ty = load_segmentation_set(sorted(test_items, key=lambda it: it.id), **load)
+    per_repeat = []
+    for r in ("0", "1"):
+        ids = saved["splits"]["2"][r]["train_ids"]
+        _, py = load_segmentation_set([by_id[i] for i in ids], **load)
+        per_repeat.append(float(mean_mask_dice(py, ty)[:, 0].mean()))
+    assert ref["heart"]["mean"] == pytest.approx(sum(per_repeat) / 2)
 
     # Rerun: everything is finished, nothing trains; more repeats -> only the new runs train.
     def refuse(*args, **kwargs):
@@ -226,7 +242,11 @@ def test_swin_arms_train_with_the_swin_section_and_resnet_arms_ignore_it(folders
         run_jsrt_fewshot(train, test, ["none"], tmp_path / "r2", {**cfg, "swin": section}, False)
         assert seen.pop() == plain and "swin" not in plain and plain["grad_clip"] is None
         res = run_jsrt_fewshot(
-            train, test, ["none"], tmp_path / "swin", {**cfg, "backbone": swin_bb, "swin": section},
+            train,
+            test,
+            ["none"],
+            tmp_path / "swin",
+            {**cfg, "backbone": swin_bb, "swin": section},
             progress=False,
         )
     assert [c["lr"] for c in seen] == [1e-3, 2e-3, res["arms"]["scratch"]["lr"]]  # tune, run

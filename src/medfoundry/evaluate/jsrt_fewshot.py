@@ -11,6 +11,11 @@ Outputs in `out_dir`: `results.json` (config, splits, per-run per-image Dice, su
 reports), `results.md` (mean ± sd table), `results.png` (Dice vs k). While running,
 `results.partial.json` is rewritten atomically after every run; a restart skips finished runs.
 
+The summary and table also hold a `mean mask` reference row (`evaluate.baselines`): for every
+(k, repeat) the pixel-wise mean of the k training masks thresholded at 0.5, predicted for every
+test image (no training; the first arm's image size). It is recomputed on every call (cheap and
+deterministic) and kept in `summary` only, so older result files load and resume unchanged.
+
 Swin-UNet arms train with the config's `swin:` section merged over the general training keys
 (`medfoundry.tasks.segmentation.segmentation_recipe`; its `tune` grid included); ResNet arms
 ignore it.
@@ -35,6 +40,7 @@ from medfoundry.evaluate.arms import arm_info, arm_table_row, load_reports
 from medfoundry.evaluate.arms import data_key as _data_key
 from medfoundry.evaluate.arms import resolve_arms as _resolve_arms
 from medfoundry.evaluate.arms import slug as _slug
+from medfoundry.evaluate.baselines import MEAN_MASK, mean_mask_dice
 from medfoundry.evaluate.report import markdown_table, plot_metric_vs_k
 from medfoundry.evaluate.resume import PARTIAL, RESULTS, load_state, write_final
 from medfoundry.evaluate.summary import describe
@@ -167,10 +173,31 @@ def _summaries(
     return summary
 
 
+def _mean_mask_runs(
+    py: torch.Tensor,
+    ty: torch.Tensor,
+    splits: dict[tuple[int, int], tuple[list[str], list[str]]],
+    pos: dict[str, int],
+    structures: list[str],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """`{k: {repeat: {"dice_mean": {structure: Dice}}}}` of the mean-mask reference on the test
+    masks `ty`, from the training masks of each split (rows of the pool masks `py`)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for (k, r), (tr_ids, _) in splits.items():
+        idx = torch.tensor([pos[i] for i in tr_ids], dtype=torch.long)
+        dice = mean_mask_dice(py[idx], ty).numpy()
+        out.setdefault(str(k), {})[str(r)] = {
+            "dice_mean": {s: float(dice[:, j].mean()) for j, s in enumerate(structures)}
+        }
+    return out
+
+
 def _markdown(state: dict[str, Any], arms: list[dict[str, Any]]) -> str:
     cfg = state["config"]
     structures, shots = cfg["structures"], cfg["shots"]
     names = [a["name"] for a in arms]
+    if MEAN_MASK in state.get("summary", {}):
+        names.append(MEAN_MASK)
     lines = [
         "# JSRT few-shot segmentation",
         "",
@@ -182,6 +209,12 @@ def _markdown(state: dict[str, Any], arms: list[dict[str, Any]]) -> str:
         + (
             f" Swin-UNet arms: {cfg[SWIN_RECIPE_KEY]}."
             if cfg.get(SWIN_RECIPE_KEY) and any(is_swin(a["backbone"]) for a in arms)
+            else ""
+        )
+        + (
+            f" `{MEAN_MASK}`: the mean of the k training masks > 0.5 for every test image "
+            "(no training)."
+            if MEAN_MASK in state.get("summary", {})
             else ""
         ),
         "",
@@ -297,6 +330,15 @@ def run_jsrt_fewshot(
         return data_cache[key]
 
     pos = {i: n for n, i in enumerate(pool_ids)}
+    _, ref_py, _, ref_ty = data_for(arms[0])
+    mean_mask_runs = {MEAN_MASK: _mean_mask_runs(ref_py, ref_ty, splits, pos, structures)}
+
+    def summaries() -> dict[str, Any]:
+        """The arms' summaries plus the mean-mask reference row."""
+        return {
+            **_summaries(state["runs"], structures, cfg["shots"], cfg["repeats"]),
+            **_summaries(mean_mask_runs, structures, cfg["shots"], cfg["repeats"]),
+        }
 
     def subset(px: torch.Tensor, py: torch.Tensor, ids: list[str]):
         idx = torch.tensor([pos[i] for i in ids], dtype=torch.long)
@@ -341,7 +383,7 @@ def run_jsrt_fewshot(
         return best
 
     def write_partial() -> None:
-        state["summary"] = _summaries(state["runs"], structures, cfg["shots"], cfg["repeats"])
+        state["summary"] = summaries()
         resume.write_partial(out_dir, state)
 
     inner = bool(progress and cfg.get("inner_progress"))
@@ -420,12 +462,12 @@ def run_jsrt_fewshot(
     bar.close()
     for arm in arms:
         state["arms"][arm["name"]]["lr"] = chosen_lr(arm)
-    state["summary"] = _summaries(state["runs"], structures, cfg["shots"], cfg["repeats"])
+    state["summary"] = summaries()
     state["complete"] = all(is_done(j) for j in jobs)
     write_final(out_dir, state)
     atomic_write_text(out_dir / "results.md", _markdown(state, arms))
     plot_metric_vs_k(
-        {a["name"]: state["summary"].get(a["name"], {}) for a in arms},
+        {n: state["summary"].get(n, {}) for n in [a["name"] for a in arms] + [MEAN_MASK]},
         structures,
         [str(k) for k in cfg["shots"]],
         out_dir / "results.png",

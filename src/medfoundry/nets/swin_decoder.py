@@ -12,6 +12,19 @@ their names and shapes, so a VIS-MAE decoder checkpoint loads into a skip decode
 fusion layers (and the head when ``out_channels`` differs). Swin-Unet taps each stage's *input*;
 here the skips are ``SwinBackbone.features`` (each stage's output), which carry the same
 channels at the same strides.
+
+With ``conv_skip=s > 0`` (UNETR / Swin-UNETR's convolutional skip from the raw image) the
+decoder also takes the input image and runs a two-level conv U-Net top on it, as UNETR's
+full- and half-resolution encoder blocks: ``conv_stem`` (two Conv3x3 + BatchNorm + ReLU, s
+channels, full resolution) and ``conv_down`` (stride-2 Conv3x3, then Conv3x3, 2s channels);
+the stride-4 decoder tokens (after ``norm_up``) are upsampled bilinearly to half resolution and
+fused with ``conv_down`` (``conv_half``), that map is upsampled to full resolution and fused
+with ``conv_stem`` (``conv_fuse``: Conv3x3 + BN + ReLU, Conv1x1), and the result is added, as
+per-pixel logits, to the head's patch logits. Without it
+no full-resolution information reaches the output: the head predicts a ``patch x patch`` block
+from one LayerNorm'd token, which cannot draw thin structures (clavicles) or sharp borders.
+The default ``conv_skip=0`` builds exactly the VIS-MAE module tree (MAE decoders keep it off); a
+skip decoder with ``conv_skip`` loads a VIS-MAE decoder checkpoint by name, the conv parts new.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medfoundry.nets.swin_blocks import (
@@ -43,6 +57,8 @@ class SwinDecoder(nn.Module):
         patch_size: pixels per stride-4 token side (the head predicts patch x patch pixels).
         drop_path: stochastic depth of the decoder blocks (VIS-MAE's MAE decoder: 0).
         skips: fuse the encoder maps of matching stride (Swin-UNet); False for MAE.
+        conv_skip: channels of the full-resolution conv skip from the image (0: off, MAE).
+        in_channels: image channels the conv skip reads (used only with ``conv_skip``).
     """
 
     def __init__(
@@ -58,6 +74,8 @@ class SwinDecoder(nn.Module):
         drop_path: float = 0.0,
         skips: bool = False,
         use_checkpoint: bool = False,
+        conv_skip: int = 0,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         n = len(depths)
@@ -77,6 +95,11 @@ class SwinDecoder(nn.Module):
             "drop_path": float(drop_path),
             "skips": bool(skips),
         }
+        if conv_skip:  # only then: configs of VIS-MAE decoders stay as they were
+            self.config.update(conv_skip=int(conv_skip), in_channels=int(in_channels))
+        if conv_skip < 0:
+            raise ValueError(f"conv_skip must be >= 0, got {conv_skip}")
+        self.conv_skip = int(conv_skip)
         self.patch_size, self.out_channels, self.skips = int(patch_size), int(out_channels), skips
         self.in_dim = 2 * dims[0]
         self.expand = nn.ModuleList(PatchExpanding(2 * d) for d in dims)
@@ -91,12 +114,23 @@ class SwinDecoder(nn.Module):
         self.norm_up = LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, patch_size**2 * out_channels)
         self.apply(init_swin_weights)
+        if self.conv_skip:
+            s = self.conv_skip
+            self.conv_stem = nn.Sequential(_conv_bn_relu(in_channels, s), _conv_bn_relu(s, s))
+            self.conv_down = nn.Sequential(_conv_bn_relu(s, 2 * s, 2), _conv_bn_relu(2 * s, 2 * s))
+            self.conv_half = _conv_bn_relu(embed_dim + 2 * s, 2 * s)
+            self.conv_fuse = nn.Sequential(
+                _conv_bn_relu(3 * s, s), nn.Conv2d(s, out_channels, kernel_size=1)
+            )
 
-    def forward(self, features: Sequence[Tensor]) -> Tensor:
+    def forward(self, features: Sequence[Tensor], image: Tensor | None = None) -> Tensor:
         """``features``: the encoder maps [(B, C_i, h_i, w_i)] fine to coarse (as returned by
         ``SwinBackbone.features``); the last one is decoded, the others give the target grid
         of each stage (odd sizes were padded by the encoder; the decoder crops back) and, with
-        ``skips``, the skip tensors. Returns (B, out_channels, h_0 * p, w_0 * p)."""
+        ``skips``, the skip tensors. ``image`` (B, in_channels, h_0 * p, w_0 * p): the input,
+        required with ``conv_skip``. Returns (B, out_channels, h_0 * p, w_0 * p)."""
+        if self.conv_skip and image is None:
+            raise ValueError("a decoder with conv_skip needs the input image")
         n = len(self.layers_up)
         if len(features) < n + 1:
             raise ValueError(f"need {n + 1} feature maps, got {len(features)}")
@@ -109,8 +143,32 @@ class SwinDecoder(nn.Module):
             if self.skips:
                 x = self.skip_fuse[i](torch.cat([x, skip], dim=-1))
             x = self.layers_up[i](x)
-        x = self.head(self.norm_up(x))  # (B, h0, w0, p * p * out)
-        return tokens_to_image(x, self.patch_size, self.out_channels)
+        x = self.norm_up(x)  # (B, h0, w0, C)
+        out = tokens_to_image(self.head(x), self.patch_size, self.out_channels)
+        if not self.conv_skip:
+            return out
+        size = out.shape[-2:]
+        if image is None or tuple(image.shape[-2:]) != tuple(size):
+            raise ValueError(f"conv_skip image must be {tuple(size)}, got {image.shape[-2:]}")
+        full = self.conv_stem(image)  # (B, s, H, W)
+        half = self.conv_down(full)  # (B, 2s, ceil(H/2), ceil(W/2))
+        up = _resize(x.permute(0, 3, 1, 2), half.shape[-2:])
+        half = self.conv_half(torch.cat([up, half], dim=1))
+        return out + self.conv_fuse(torch.cat([_resize(half, size), full], dim=1))
+
+
+def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear resize of a (B, C, h, w) map to ``size`` (the conv skip's upsampling)."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """Conv3x3 (no bias) + BatchNorm + ReLU, the U-Net block of the conv skip."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
 
 
 def tokens_to_image(tokens: Tensor, patch_size: int, channels: int) -> Tensor:

@@ -4,6 +4,10 @@ The decoder is VIS-MAE's pixel decoder with skip fusions added, so an MAE checkp
 initialise both halves: the encoder fully, the decoder's Swin stages and expansions where names
 and shapes match (the skip fusions are new; the head is new when the class count differs from
 the image channels).
+
+The segmentation decoder adds a full-resolution convolutional skip from the image
+(``conv_skip``, `DEFAULT_CONV_SKIP` channels unless the decoder config says otherwise; see
+``swin_decoder``): without it the patch-4 head cannot resolve thin structures.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from torch import nn
 
 from medfoundry.nets.swin import SwinBackbone
 from medfoundry.nets.swin_decoder import SwinDecoder
+
+# channels of the decoder's full-resolution conv skip when the decoder config does not set it
+DEFAULT_CONV_SKIP = 16
 
 
 def default_decoder_config(backbone: SwinBackbone) -> dict[str, Any]:
@@ -47,7 +54,8 @@ class SwinUNet(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         cfg = {**(decoder_cfg or default_decoder_config(backbone))}
-        cfg.update(out_channels=num_classes, skips=True)
+        cfg.update(out_channels=num_classes, skips=True, in_channels=backbone.in_channels)
+        cfg.setdefault("conv_skip", DEFAULT_CONV_SKIP)  # an MAE decoder config has none
         self.encoder = backbone
         self.decoder = SwinDecoder(**cfg)
         self.num_classes = num_classes
@@ -58,4 +66,4 @@ class SwinUNet(nn.Module):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder.features(x))
+        return self.decoder(self.encoder.features(x), image=x)
