@@ -8,15 +8,12 @@ from torch import nn
 def mlp_projector(in_dim: int, hidden_dim: int, out_dim: int, bn: bool = False) -> nn.Sequential:
     """MoCo-v2 projector: Linear -> ReLU -> Linear (no BN), as in the Adam reference; with
     ``bn``, Linear -> BN -> ReLU -> Linear (MoCo-v3 / SimCLR's hidden BatchNorm)."""
-    if bn:
-        return nn.Sequential(
-            nn.Linear(in_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim),
-        )
+    norm = [nn.BatchNorm1d(hidden_dim)] if bn else []  # BN makes the first bias redundant
     return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
+        nn.Linear(in_dim, hidden_dim, bias=not bn),
+        *norm,
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
     )
 
 
