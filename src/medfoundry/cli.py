@@ -338,6 +338,39 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    """The `predict` subcommand: flags map to `medfoundry.tasks.predict3d.predict` arguments."""
+    p = sub.add_parser(
+        "predict",
+        help="segment scans with a fine-tuned 3D model; label maps on each scan's own grid",
+        description="Write <out>/<stem>.nii.gz (uint8 labels, the input's shape and affine) per "
+        "input scan (rules: medfoundry.tasks.predict3d).",
+    )
+    p.add_argument(
+        "--model", required=True, type=Path, help="run folder of `finetune` (or its checkpoint/)"
+    )
+    p.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="NIfTI/NRRD/MHA files, folders of them, or DICOM series folders",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--probabilities", action="store_true", help="also write <stem>_probabilities.nii.gz"
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs exist")
+    p.add_argument(
+        "--continue-on-error",
+        action="store_true",
+        help="go on after a bad input and list the failures at the end",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medfoundry", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -347,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_prepare_2d(sub)
     _add_prepare(sub)
+    _add_predict(sub)
     return parser
 
 
@@ -524,6 +558,30 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    """Segment the inputs and print a one-line summary (failures first, one line each)."""
+    from medfoundry.tasks.predict3d import predict
+
+    summary = predict(
+        args.model,
+        args.input,
+        args.out,
+        probabilities=args.probabilities,
+        overwrite=args.overwrite,
+        continue_on_error=args.continue_on_error,
+        progress=not args.no_progress,
+        device=args.device,
+    )
+    for _, message in summary.failed:
+        print(f"medfoundry: failed: {message}", file=sys.stderr)
+    print(
+        f"predict: {args.out} ({len(summary.written)} written, {len(summary.skipped)} skipped "
+        f"(outputs exist; --overwrite redoes them), {len(summary.failed)} failed)"
+    )
+    if summary.failed:
+        raise MedfoundryError(f"{len(summary.failed)} input(s) failed (listed above)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
@@ -533,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": cmd_demo,
         "prepare-2d": cmd_prepare_2d,
         "prepare": cmd_prepare,
+        "predict": cmd_predict,
     }
     try:
         handlers[args.command](args)

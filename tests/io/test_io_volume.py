@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import nibabel as nib
@@ -12,7 +13,8 @@ from PIL import Image
 
 from medfoundry.data.image2d import load_2d
 from medfoundry.errors import InputError
-from medfoundry.io import AXIS_ORDER, read_dicom_series, read_image, read_nifti
+from medfoundry.io import AXIS_ORDER, read_dicom_series, read_image, read_nifti, write_nifti
+from medfoundry.io.orientation import axis_codes, from_canonical, to_canonical
 
 FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 RAS = np.array([[0.8, 0, 0, 10], [0, 0.9, 0, 20], [0, 0, 2.5, 30], [0, 0, 0, 1]], dtype=float)
@@ -70,6 +72,33 @@ def test_nifti_round_trip_keeps_affine_and_spacing(tmp_path):
     np.testing.assert_array_equal(back.array, first.array)
     np.testing.assert_allclose(back.meta["affine"], first.meta["affine"], atol=1e-5)
     assert back.spacing == pytest.approx(first.spacing)
+
+
+def test_from_canonical_undoes_to_canonical_for_every_axis_order():
+    data = np.random.default_rng(2).normal(size=(3, 4, 5)).astype(np.float32)
+    rotation = np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))[0] * 0.1  # oblique
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((-1.0, 1.0), repeat=3):
+            affine = np.eye(4)
+            affine[:3, :3] = np.eye(3)[:, perm] * np.array(signs) * (0.7, 1.1, 2.3) + rotation
+            affine[:3, 3] = (4.0, -5.0, 6.0)
+            array, affine_dhw, _ = to_canonical(data, affine)
+            back, back_affine = from_canonical(array, affine_dhw, axis_codes(affine))
+            np.testing.assert_array_equal(back, data)
+            np.testing.assert_allclose(back_affine, affine, atol=1e-12)
+
+
+def test_write_nifti_keeps_grid_and_dtype(tmp_path):
+    labels = np.random.default_rng(4).integers(0, 3, size=(4, 5, 6)).astype(np.uint8)
+    affine_lps = FLIP @ RAS
+    path = write_nifti(tmp_path / "l.nii.gz", labels, affine_lps)
+    img = nib.load(path)
+    assert img.get_data_dtype() == np.uint8 and int(img.header["sform_code"]) == 1
+    np.testing.assert_array_equal(np.asarray(img.dataobj), labels)
+    np.testing.assert_allclose(img.affine, RAS, atol=1e-6)
+    assert not [p for p in tmp_path.iterdir() if p.name != "l.nii.gz"]  # no temporary left
+    with pytest.raises(InputError, match="must end in .nii"):
+        write_nifti(tmp_path / "l.nrrd", labels, affine_lps)
 
 
 def test_nifti_nan_4d_and_corrupt_are_errors(tmp_path):

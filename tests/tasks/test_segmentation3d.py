@@ -180,6 +180,16 @@ def test_volume_fusion_checkpoint_loads_encoder_and_decoder(data, vf_run):
     with torch.no_grad():
         assert not torch.allclose(model.eval()(x), scratch.eval()(x))
     check_preprocessing(meta, vf_run, open_store(data["store"]))  # same store: passes
+    torch.manual_seed(0)
+    enc_only, enc_info = build_segmenter3d(setup, 3, decoder=False)  # load_decoder: false
+    assert enc_info["decoder"].startswith("not loaded")
+    assert "decoder_report" not in enc_info
+    for k, v in enc_only.encoder.state_dict().items():
+        assert torch.equal(v, model.encoder.state_dict()[k]), k
+    assert torch.equal(
+        enc_only.decoder.state_dict()[k0 := next(iter(scratch.decoder.state_dict()))],
+        scratch.decoder.state_dict()[k0],
+    )  # same seed, decoder left at its init
 
 
 def test_encoder_only_checkpoint_reports_no_decoder(data, tmp_path):

@@ -17,6 +17,8 @@ cropped to its foreground. Rules:
   ``modality``, as in ``prepare-2d``.
 - **Foreground crop** (``crop_foreground``): the bounding box of tissue united with the label's
   box, plus a 4-voxel margin (``medfoundry.data.foreground3d``), on the resampled grid.
+- The scaling, resampling and crop are ``medfoundry.data.preprocess3d.preprocess_volume``, the
+  same code ``medfoundry predict`` runs on new scans.
 - **Storage**: ``images/<id>.npy`` float16 (D, H, W) (half the disk of float32; its 11-bit
   mantissa resolves [0, 1] to better than 5e-4), ``labels/<id>.npy`` uint8, written atomically;
   ``store.json`` holds the settings (checkpoints record them: ``Store.preprocessing``) and per
@@ -50,15 +52,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medfoundry.data.cases3d import Case3D, dataset_labels, find_cases, inputs_fingerprint
-from medfoundry.data.corpus2d import HU_DETECT_MIN, resolve_modality
-from medfoundry.data.foreground3d import CROP_MARGIN, box_slices, crop_box
-from medfoundry.data.normalize import parse_ct_window, percentile_bounds, range_to_unit
-from medfoundry.data.resample3d import (
-    grid_affine,
-    resample_image,
-    resample_label,
-    resampled_shape,
-)
+from medfoundry.data.corpus2d import HU_DETECT_MIN
+from medfoundry.data.foreground3d import CROP_MARGIN
+from medfoundry.data.preprocess3d import VolumeSettings, ct_range, preprocess_volume
+from medfoundry.data.resample3d import grid_affine
 from medfoundry.data.slicing import CT_FOREGROUND_HU, UNIT_FOREGROUND
 from medfoundry.data.spacing3d import median_spacing, probe_spacing
 from medfoundry.data.store3d_dataset import StoreCropDataset
@@ -84,20 +81,6 @@ MAX_FOREGROUND_VOXELS = 10_000
 AFFINE_TOLERANCE = 1e-3
 
 
-def _ct_range(ct_clip: Sequence[float] | str) -> tuple[float, float]:
-    """The HU range (low, high) of a (low, high) pair or a window name/"LEVEL,WIDTH"."""
-    if isinstance(ct_clip, str):
-        try:
-            _, level, width = parse_ct_window(ct_clip)
-        except ValueError as e:
-            raise InputError(None, str(e)) from e
-        return level - width / 2.0, level + width / 2.0
-    low, high = (float(v) for v in ct_clip)
-    if not (np.isfinite(low) and np.isfinite(high) and high > low):
-        raise InputError(None, f"CT clip range must be finite with low < high, got {ct_clip!r}")
-    return low, high
-
-
 def _target(target_spacing: Sequence[float] | None) -> tuple[float, float, float] | None:
     """A validated (D, H, W) target spacing, or None for the dataset median."""
     if target_spacing is None:
@@ -106,26 +89,6 @@ def _target(target_spacing: Sequence[float] | None) -> tuple[float, float, float
     if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
         raise InputError(None, f"target spacing must be 3 positive mm values, got {target_spacing}")
     return values[0], values[1], values[2]
-
-
-def _to_unit(
-    volume: np.ndarray, modality: str, ct_range: tuple[float, float], percentiles: Sequence[float]
-) -> tuple[np.ndarray, dict[str, Any], float] | None:
-    """(D, H, W) volume -> [0, 1] float32, its intensity record and the foreground threshold;
-    None for a constant volume."""
-    if float(volume.max()) == float(volume.min()):
-        return None
-    if modality == "CT":
-        low, high = ct_range
-        threshold = float(np.clip((CT_FOREGROUND_HU - low) / (high - low), 0.0, 1.0))
-        record = {"kind": "ct_clip", "low": low, "high": high}
-    else:
-        low, high = percentile_bounds(volume, *percentiles)
-        if high <= low:
-            return None
-        threshold = UNIT_FOREGROUND
-        record = {"kind": "percentile_minmax", "low": round(low, 6), "high": round(high, 6)}
-    return range_to_unit(volume, low, high), record, threshold
 
 
 def _read_label(case: Case3D, image: ImageData, names: dict[int, str] | None) -> np.ndarray:
@@ -205,24 +168,15 @@ def _process_case(
         raise InputError(
             case.source, f"has shape {shape} (D, H, W): a single slice, expected a 3D volume"
         )
-    modality, modality_from = resolve_modality(image, options["modality_default"])
     base = {"id": case.id, "split": case.split, "image": _relative(case.source, data)}
     base["label"] = None if case.label is None else _relative(case.label, data)
     label = None if case.label is None else _read_label(case, image, names)  # (D, H, W)
-    unit = _to_unit(image.array[0], modality, options["ct_range"], options["mr_percentiles"])
-    if unit is None:
+    done = preprocess_volume(image, options["volume"], label)
+    if done is None:
         return base | {"skipped": "constant"}
-    array, intensity, threshold = unit  # (D, H, W) in [0, 1]
-    target = options["target_spacing"]
-    new_shape = resampled_shape(shape, image.spacing, target)
-    array = resample_image(array, new_shape)  # (D', H', W')
-    if label is not None:
-        label = resample_label(label, new_shape)
-    if options["crop_foreground"]:
-        box = crop_box(array > threshold, label, CROP_MARGIN)
-    else:
-        box = np.stack([np.zeros(3, np.int64), np.asarray(new_shape, np.int64)], axis=1)
-    array = array[box_slices(box)]
+    array, label, box = done.array, done.label, done.box  # cropped (d, h, w), [0, 1]
+    modality, modality_from, intensity = done.modality, done.modality_from, done.intensity
+    new_shape = done.inverse.resampled_shape
     affine = grid_affine(image.meta["affine"], shape, new_shape, box[:, 0])
     record = base | {
         "modality": modality,
@@ -241,7 +195,6 @@ def _process_case(
     }
     nbytes = _save_npy(out / record["image_file"], array.astype(IMAGE_DTYPE))
     if label is not None:
-        label = label[box_slices(box)]
         voxels = _foreground_voxels(label, seed=number)
         record |= {
             "label_file": f"labels/{case.id}.npy",
@@ -318,7 +271,7 @@ def prepare_store(
     start = time.perf_counter()
     data_path, out = Path(data), Path(out_dir)
     target = _target(target_spacing)
-    ct_range = _ct_range(ct_clip)
+    ct_hu = ct_range(ct_clip)
     lower, upper = (float(v) for v in mr_percentiles)
     if not 0.0 <= lower < upper <= 100.0:
         raise InputError(None, f"MR percentiles need 0 <= low < high <= 100, got {mr_percentiles}")
@@ -340,7 +293,7 @@ def prepare_store(
         "target_spacing": list(target),
         "modality": "auto" if modality_default == "unknown" else modality_default,
         "normalization": {
-            "CT": {"name": "ct_clip", "hu": list(ct_range), "to": [0.0, 1.0]},
+            "CT": {"name": "ct_clip", "hu": list(ct_hu), "to": [0.0, 1.0]},
             "other": {"name": "percentile_minmax", "lower": lower, "upper": upper, "to": [0, 1]},
             "ct_detect_min_hu": HU_DETECT_MIN,
         },
@@ -360,11 +313,13 @@ def prepare_store(
     atomic_write_json(out / STORE_FILE, header | {"settings": settings})
 
     options = {
-        "modality_default": modality_default,
-        "ct_range": ct_range,
-        "mr_percentiles": (lower, upper),
-        "target_spacing": target,
-        "crop_foreground": crop_foreground,
+        "volume": VolumeSettings(
+            target_spacing=target,
+            modality_default=modality_default,
+            ct_range=ct_hu,
+            mr_percentiles=(lower, upper),
+            crop_foreground=bool(crop_foreground),
+        )
     }
     records, skipped = [], []
     for number, case in enumerate(tqdm(cases, desc="prepare", disable=not progress)):

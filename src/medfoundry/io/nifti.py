@@ -1,4 +1,4 @@
-"""NIfTI volumes (``.nii``, ``.nii.gz``) via nibabel.
+"""NIfTI volumes (``.nii``, ``.nii.gz``) via nibabel: ``read_nifti``, and ``write_nifti``.
 
 The header's scaling (scl_slope/scl_inter) is applied, the grid is reoriented to the package's
 (D, H, W) convention (see ``medfoundry.io.orientation``) using nibabel's best affine (sform,
@@ -9,6 +9,7 @@ several volumes, and NaN or infinite voxels, are refused with an ``InputError``.
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +83,34 @@ def read_nifti(path: str | Path, modality: str = "unknown") -> ImageData:
         source=str(path),
         meta=meta,
     )
+
+
+def write_nifti(
+    path: str | Path,
+    array: np.ndarray,
+    affine_lps: np.ndarray,
+    *,
+    sform_code: int = 1,
+    qform_code: int = 1,
+) -> Path:
+    """Write an (i, j, k[, c]) array as NIfTI (gzip for ``.nii.gz``) atomically.
+
+    ``affine_lps`` maps (i, j, k, 1) to LPS mm, the package's frame; the file stores it in
+    NIfTI's RAS frame as both sform and qform (codes ``sform_code``, ``qform_code``; 1 =
+    scanner). The array's dtype is kept (uint8 labels, float32 probabilities).
+    """
+    from medfoundry.runtime import atomic_save  # lazily: it imports torch
+
+    p = Path(path)
+    name = p.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        raise InputError(p, "a NIfTI output must end in .nii or .nii.gz")
+    affine_ras = _FLIP_XY @ np.asarray(affine_lps, dtype=np.float64)
+    img = nib.Nifti1Image(np.asarray(array), affine_ras)
+    img.set_sform(affine_ras, code=int(sform_code))
+    img.set_qform(affine_ras, code=int(qform_code))
+    data = img.to_bytes()
+    if name.endswith(".gz"):
+        data = gzip.compress(data, compresslevel=6, mtime=0)
+    atomic_save(p, lambda tmp: tmp.write_bytes(data))
+    return p

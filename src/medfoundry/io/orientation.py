@@ -11,6 +11,7 @@ i.e. the (z, y, x) order of an LPS+ grid, ``AXIS_ORDER = "SPL"``. An axial slice
 transposed to the closest such order, never resampled, so oblique scans keep their exact
 geometry in ``meta["affine"]``: the 4x4 matrix that maps a voxel index (d, h, w, 1) to patient
 coordinates in mm in the DICOM LPS frame (x to Left, y to Posterior, z to Superior).
+``from_canonical`` undoes the flips/transposes (predictions are written on the file's own grid).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def to_canonical(
     if array_ijk.ndim != 3:
         raise ValueError(f"expected a 3D array, got shape {array_ijk.shape}")
     affine_ras = _FLIP_XY @ np.asarray(affine_lps, dtype=np.float64)
-    transform = ornt_transform(io_orientation(affine_ras), _TARGET)
+    transform = canonical_transform(axis_codes(affine_lps))
     oriented = apply_orientation(array_ijk, transform)
     affine_ras = affine_ras @ inv_ornt_aff(transform, array_ijk.shape)
     affine_dhw = _FLIP_XY @ affine_ras @ _DHW_TO_IJK
@@ -63,3 +64,29 @@ def axis_codes(affine: np.ndarray, lps: bool = True) -> str:
     ornt = io_orientation(ras)
     labels = (("L", "R"), ("P", "A"), ("I", "S"))
     return "".join(labels[int(axis)][0 if flip < 0 else 1] for axis, flip in ornt)
+
+
+def canonical_transform(codes: str) -> np.ndarray:
+    """The nibabel orientation transform (3, 2) that ``to_canonical`` applies to an (i, j, k)
+    grid whose axes point to ``codes`` (``axis_codes`` of its affine, e.g. "RAS")."""
+    return ornt_transform(axcodes2ornt(tuple(codes)), _TARGET)
+
+
+def from_canonical(
+    array_dhw: np.ndarray, affine_dhw: np.ndarray, codes: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Undo ``to_canonical``: a (D, H, W[, C]) grid back to the (i, j, k[, C]) order of a grid
+    whose axes pointed to ``codes``; returns the array and the affine of (i, j, k, 1) in LPS mm.
+
+    Only flips and transposes (exact); ``codes`` is the reader's
+    ``meta["original_orientation"]``.
+    """
+    if array_dhw.ndim not in (3, 4):
+        raise ValueError(f"expected a (D, H, W[, C]) array, got shape {array_dhw.shape}")
+    transform = canonical_transform(codes)
+    back = ornt_transform(_TARGET, axcodes2ornt(tuple(codes)))
+    oriented = np.swapaxes(array_dhw, 0, 2)  # (W, H, D[, C]) = canonical (i, j, k)
+    array_ijk = apply_orientation(oriented, back)
+    affine_ras_oriented = _FLIP_XY @ np.asarray(affine_dhw, dtype=np.float64) @ _DHW_TO_IJK
+    affine_ras = affine_ras_oriented @ np.linalg.inv(inv_ornt_aff(transform, array_ijk.shape[:3]))
+    return array_ijk, _FLIP_XY @ affine_ras

@@ -20,8 +20,10 @@
   must load unless ``min_fraction`` < 1), the decoder from ``decoder.safetensors`` when the
   checkpoint has one (``load_decoder``, where names and shapes match, as MIS-FM transfers
   every shape-matching tensor); the output head (and PCT-Net's deep-supervision heads) are
-  always new. The report (encoder n/N, decoder n/N or "none in checkpoint", the new parts) is
-  printed and stored.
+  always new (``head_init: zero`` zeroes its last layer; ``head_warmup_steps`` trains only the
+  new parts first; ``load_decoder: false`` leaves the decoder new). The report (encoder n/N,
+  decoder n/N or "none in checkpoint", the new parts) is printed and stored. A class whose
+  validation Dice never took off while another did (``stalled_classes``) is warned about.
   A 2D checkpoint is refused; the checkpoint's store preprocessing must equal the data's
   (``data.store3d_settings.COMPARED_KEYS``) or the run stops naming both, unless
   ``check_preprocessing: false``.
@@ -92,8 +94,9 @@ from medfoundry.nets.segmenters3d import (
 from medfoundry.runtime import atomic_write_json, atomic_write_text, record_run, seed_everything
 from medfoundry.train.engine import BestWeights, make_trainer
 from medfoundry.train.inference3d import predict_volume, segment_volume
+from medfoundry.train.optim import zero_last_layer
 from medfoundry.train.segment3d_module import DEFAULTS as MODULE_DEFAULTS
-from medfoundry.train.segment3d_module import Segment3DModule
+from medfoundry.train.segment3d_module import Segment3DModule, stalled_classes
 from medfoundry.zoo import has_decoder, load_backbone, load_decoder, read_metadata, save_checkpoint
 
 __all__ = [
@@ -128,6 +131,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "devices": 1,
     "num_workers": 0,
     "min_fraction": 1.0,  # share of encoder tensors a checkpoint must provide
+    "load_decoder": True,  # false: a checkpoint's decoder is ignored (encoder-only transfer)
     "check_preprocessing": True,
     "hd95": True,
     "val_fraction": 0.2,
@@ -294,10 +298,11 @@ def network_setup(cfg: dict[str, Any], pretrained: str | Path | None) -> dict[st
 
 
 def build_segmenter3d(
-    setup: dict[str, Any], num_classes: int, min_fraction: float = 1.0
+    setup: dict[str, Any], num_classes: int, min_fraction: float = 1.0, decoder: bool = True
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The network of ``setup`` with ``num_classes`` outputs, initialised from its checkpoint
-    (encoder, then decoder when there is one; the head stays new); returns (model, load info)."""
+    (encoder, then decoder when there is one and ``decoder``; the head stays new); returns
+    (model, load info)."""
     model = create_segmenter3d(setup["network"], 1, num_classes, **setup["options"])
     ckpt = setup["checkpoint"]
     if ckpt is None:
@@ -309,13 +314,15 @@ def build_segmenter3d(
         "encoder_report": enc.summary(),
         "head": "re-initialised",
     }
-    decoder = getattr(model, "decoder", None)
-    if has_decoder(ckpt) and isinstance(decoder, nn.Module):
-        dec = load_decoder(ckpt, decoder)
+    net_decoder = getattr(model, "decoder", None)
+    if decoder and has_decoder(ckpt) and isinstance(net_decoder, nn.Module):
+        dec = load_decoder(ckpt, net_decoder)
         info["decoder"] = f"{dec.loaded}/{dec.total_model}"
         info["decoder_report"] = dec.summary()
     else:
-        info["decoder"] = "none in checkpoint"
+        info["decoder"] = (
+            "not loaded (load_decoder: false)" if has_decoder(ckpt) else "none in checkpoint"
+        )
     new = new_parts(model)
     info["new"] = ", ".join(new)
     info["summary"] = (
@@ -331,6 +338,23 @@ def new_parts(model: nn.Module) -> list[str]:
     ``head`` first): the head, PCT-Net's ``aux_heads``."""
     parts = {k.split(".")[0] for k in model.state_dict()} - {"encoder", "decoder"}
     return sorted(parts, key=lambda p: (p != "head", p))
+
+
+def init_new_parts(
+    model: nn.Module, fresh: Sequence[str] | None, cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """Apply ``head_init`` to the parts a checkpoint left new (``fresh``; None: no checkpoint,
+    nothing to do); returns what was done, for the run's info."""
+    rule = str(cfg.get("head_init", "default"))
+    if rule not in ("default", "zero"):
+        raise MedfoundryError(f"config head_init: {rule!r}; choose 'default' or 'zero'")
+    hold = int(cfg.get("head_warmup_steps") or 0)
+    if fresh is None:
+        return {}
+    out: dict[str, Any] = {"head_init": rule, "head_warmup_steps": hold}
+    if rule == "zero":
+        out["zeroed_layers"] = sum(zero_last_layer(getattr(model, p)) for p in fresh)
+    return out
 
 
 def network_size_multiple(setup: dict[str, Any]) -> tuple[int, int, int]:
@@ -364,7 +388,13 @@ def train_segmenter3d(
         raise MedfoundryError(f"config patch_size: {e}") from e
     classes, names = label_classes(store)
     seed_everything(seed)
-    model, info = build_segmenter3d(setup, max(classes) + 1, float(c["min_fraction"]))
+    model, info = build_segmenter3d(
+        setup, max(classes) + 1, float(c["min_fraction"]), bool(c["load_decoder"])
+    )
+    fresh = None
+    if setup["checkpoint"] is not None:
+        fresh = new_parts(model) + ([] if "decoder_report" in info else ["decoder"])
+    info.update(init_new_parts(model, fresh, c))
     steps = int(c["steps"])
     module = Segment3DModule(
         model,
@@ -374,6 +404,7 @@ def train_segmenter3d(
         cfg=c,
         max_steps=steps,
         size_multiple=network_size_multiple(setup),
+        new_parts=fresh,
     )
     batches = PatchBatches(
         store,
@@ -415,6 +446,19 @@ def train_segmenter3d(
         info["best_val_dice"] = best.best_score
         info["best_step"] = best.best_step
         info["val_history"] = [[s, round(v, 5)] for s, v in best.history]
+        info["val_classes"] = module.val_log
+        stalled = stalled_classes(module.val_log, names)
+        if stalled:
+            info["stalled_classes"] = stalled
+            warnings.warn(
+                "3D fine-tuning: at the kept weights class(es) "
+                + ", ".join(f"{n!r} (validation Dice {v:.2f})" for n, v in stalled.items())
+                + " lag far behind the best class: unless they are simply harder, this is the "
+                "class-merging minimum (one class takes both structures) seen with pretrained "
+                f"weights at lr {float(c['lr']):g}; a higher lr (e.g. 3e-3) or an lr grid "
+                "(`tune`) avoided it in docs/results.md §7",
+                stacklevel=2,
+            )
     return module.model.cpu().eval(), info
 
 

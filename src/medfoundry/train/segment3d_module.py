@@ -7,7 +7,9 @@ supervision: [main, aux...], all at the patch size) is trained on
 ``nets.pctnet.deep_supervision_loss`` (weights 1 / 2^i, normalised, as MIS-FM / PyMIC);
 validation uses the main output only (the model's eval mode returns it alone). AdamW without
 weight decay on norms and biases, linear warm-up then cosine decay over ``max_steps``; an
-optional lower learning rate for a pretrained encoder (``encoder_lr_mult``). Augmentation
+optional lower learning rate for a pretrained encoder (``encoder_lr_mult``) and, with
+``head_warmup_steps`` and the module's ``new_parts``, a head-only start (see
+``train.optim.encoder_aware_adamw``; ``head_init: zero`` is applied by the caller). Augmentation
 (``augment_patches``) runs on the device in ``training_step``. Validation segments every
 validation volume whole with ``predict_volume`` (roi = the patch, checked against the
 network's per-axis ``size_multiple`` when given) and logs ``val/dice_mean`` (mean over
@@ -37,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "warmup_steps": None,  # None: 5% of max_steps
     "min_lr_ratio": 0.0,
     "encoder_lr_mult": 1.0,
+    "head_init": "default",  # "zero": a checkpoint's fresh head starts at zero (uniform softmax)
+    "head_warmup_steps": 0,  # with a checkpoint: steps during which only the fresh head trains
     "dice_weight": 1.0,
     "ce_weight": 1.0,
     "augment": {"scale": 0.1, "shift": 0.1, "noise": 0.0, "flip_axes": []},
@@ -73,12 +77,32 @@ def augment_patches(
     return images, labels
 
 
+def stalled_classes(
+    val_log: Sequence[dict[str, float]], names: Sequence[str], ratio: float = 0.5, high: float = 0.5
+) -> dict[str, float]:
+    """Classes that lag far behind at the kept weights (the validation row with the best mean
+    Dice): below ``ratio`` times the best class's Dice while that one reached ``high``. The
+    sign of the class-merging minimum (one class takes both structures) that pretrained 3D
+    networks fell into at too low an lr (docs/results.md §7), unless the class is simply
+    harder. Returns name -> its Dice at that row."""
+    if not val_log or not names:
+        return {}
+    row = max(val_log, key=lambda r: r.get("dice_mean", 0.0))
+    dice = {n: float(row.get(f"dice_{n}", 0.0)) for n in names}
+    top = max(dice.values())
+    if top < high:
+        return {}
+    return {n: v for n, v in dice.items() if v < ratio * top}
+
+
 class Segment3DModule(L.LightningModule):
     """Train ``model`` ((B, C, D, H, W) -> logits (B, K, D, H, W)) on patch batches.
 
     ``classes``: label values scored in validation (foreground, e.g. [1, 2]) and their
     ``names``; ``roi``: the sliding-window size of validation (the patch size);
-    ``size_multiple``: the network's per-axis (D, H, W) input rule, checked against ``roi``.
+    ``size_multiple``: the network's per-axis (D, H, W) input rule, checked against ``roi``;
+    ``new_parts``: top-level modules no checkpoint initialised (None: all are new), which alone
+    train during ``head_warmup_steps``.
     """
 
     def __init__(
@@ -90,6 +114,7 @@ class Segment3DModule(L.LightningModule):
         cfg: dict[str, Any] | None = None,
         max_steps: int = 1000,
         size_multiple: Sequence[int] | None = None,
+        new_parts: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -99,6 +124,7 @@ class Segment3DModule(L.LightningModule):
         self.size_multiple = None if size_multiple is None else [int(m) for m in size_multiple]
         self.cfg = {**DEFAULTS, **(cfg or {})}
         self.max_steps = int(max_steps)
+        self.new_parts = None if new_parts is None else list(new_parts)
         self.criterion = DiceCELoss(
             include_background=False,
             to_onehot_y=True,
@@ -109,6 +135,7 @@ class Segment3DModule(L.LightningModule):
         )
         self._val: list[torch.Tensor] = []
         self.last_val: dict[str, float] = {}
+        self.val_log: list[dict[str, float]] = []  # one row per validation: step and Dice
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         return self.model(x)
@@ -152,7 +179,9 @@ class Segment3DModule(L.LightningModule):
         for name, value in zip(self.names, dice, strict=True):
             self.last_val[f"dice_{name}"] = float(value)
             self.log(f"val/dice_{name}", value.float())
+        row = {k: round(v, 5) for k, v in self.last_val.items()}
+        self.val_log.append({"step": int(self.global_step), **row})
         self._val = []
 
     def configure_optimizers(self):
-        return encoder_aware_adamw(self.model, self.cfg, self.max_steps)
+        return encoder_aware_adamw(self.model, self.cfg, self.max_steps, self.new_parts)

@@ -2,6 +2,7 @@
 
 from medfoundry.zoo.checkpoint import (
     LoadReport,
+    checkpoint_dir,
     has_decoder,
     load_backbone,
     load_decoder,
@@ -11,6 +12,7 @@ from medfoundry.zoo.checkpoint import (
 
 __all__ = [
     "LoadReport",
+    "checkpoint_dir",
     "has_decoder",
     "load_backbone",
     "load_decoder",

@@ -81,6 +81,12 @@ def _resolve(path: str | Path) -> Path:
     )
 
 
+def checkpoint_dir(path: str | Path) -> Path:
+    """The checkpoint folder of a checkpoint folder, a run folder holding `checkpoint/`, or the
+    weights file (`CheckpointError` when there is none)."""
+    return _resolve(path)
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """Return the metadata of a checkpoint (folder, run folder or weights file)."""
     folder = _resolve(path)
