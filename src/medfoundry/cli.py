@@ -339,12 +339,15 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    """The `predict` subcommand: flags map to `medfoundry.tasks.predict3d.predict` arguments."""
+    """The `predict` subcommand: flags map to `medfoundry.tasks.predict.predict` arguments."""
     p = sub.add_parser(
         "predict",
-        help="segment scans with a fine-tuned 3D model; label maps on each scan's own grid",
-        description="Write <out>/<stem>.nii.gz (uint8 labels, the input's shape and affine) per "
-        "input scan (rules: medfoundry.tasks.predict3d).",
+        help="use a fine-tuned model: 3D/2D segmentation masks at each input's own geometry, "
+        "or class probabilities in one CSV",
+        description="3D segmentation: <out>/<stem>.nii.gz (uint8 labels, the input's shape and "
+        "affine) per scan (rules: medfoundry.tasks.predict3d). 2D segmentation: "
+        "<out>/<stem>_<structure>.png masks and <stem>_labels.png at the image's size; "
+        "classification: <out>/predictions.csv (rules: medfoundry.tasks.predict2d).",
     )
     p.add_argument(
         "--model", required=True, type=Path, help="run folder of `finetune` (or its checkpoint/)"
@@ -355,11 +358,17 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         type=Path,
         metavar="PATH",
-        help="NIfTI/NRRD/MHA files, folders of them, or DICOM series folders",
+        help="3D: NIfTI/NRRD/MHA files, folders of them, or DICOM series folders; "
+        "2D: PNG/JPEG/DICOM images or folders of them",
     )
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument(
-        "--probabilities", action="store_true", help="also write <stem>_probabilities.nii.gz"
+        "--probabilities",
+        action="store_true",
+        help="3D: also write <stem>_probabilities.nii.gz",
+    )
+    p.add_argument(
+        "--overlay", action="store_true", help="2D segmentation: also write <stem>_overlay.png"
     )
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs exist")
     p.add_argument(
@@ -369,6 +378,76 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    """The `export` subcommand: flags map to `medfoundry.zoo.export.export_model` arguments."""
+    p = sub.add_parser(
+        "export",
+        help="write a fine-tuned model as ONNX (checked against PyTorch with onnxruntime)",
+        description="Writes the network (no preprocessing) as ONNX with a dynamic batch axis "
+        "(and spatial axes where the network allows), plus <file>.json with the preprocessing "
+        "(rules: medfoundry.zoo.export; needs the medfoundry[export] extra).",
+    )
+    p.add_argument(
+        "--model", required=True, type=Path, help="run folder of `finetune` (or its checkpoint/)"
+    )
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", type=Path, default=None, help="file (default <model>/model.onnx)")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from medfoundry.zoo.export import export_model
+
+    report = export_model(args.model, args.out)
+    axes = "batch and spatial axes dynamic" if report.dynamic_spatial else "batch axis dynamic"
+    print(
+        f"export: {report.path} ({axes}; traced at {report.input_shape}; max |ONNX - PyTorch| "
+        f"{report.max_abs_diff:.2e} over inputs {report.checked_shapes}); preprocessing: "
+        f"{report.path}.json"
+    )
+
+
+def _add_import(sub: argparse._SubParsersAction) -> None:
+    """The `import` subcommand: flags map to `medfoundry.zoo.import_checkpoint` arguments."""
+    from medfoundry.zoo.importers import FORMATS
+
+    p = sub.add_parser(
+        "import",
+        help="convert a seed project's published weights into a medfoundry checkpoint",
+        description="Writes <out>/checkpoint/ (usable as --pretrained) and "
+        "<out>/import_report.json (rules: medfoundry.zoo.importers).",
+    )
+    p.add_argument("--format", required=True, choices=sorted(FORMATS), help="published format")
+    p.add_argument("src", type=Path, help="the published file (.pth/.pt/.safetensors)")
+    p.add_argument("--out", required=True, type=Path, help="run folder to create")
+    p.add_argument("--in-channels", type=int, default=None, help="input channels (default: file's)")
+    p.add_argument(
+        "--arch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="architecture argument over the published one (JSON value), e.g. resolution_mode=2",
+    )
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    import json
+
+    from medfoundry.zoo.importers import describe_report, import_checkpoint
+
+    arch: dict[str, Any] = {}
+    for item in args.arch:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MedfoundryError(f"--arch {item!r}: expected KEY=VALUE")
+        try:
+            arch[key] = json.loads(value)
+        except json.JSONDecodeError:
+            arch[key] = value
+    report = import_checkpoint(args.format, args.src, args.out, args.in_channels, arch)
+    print(describe_report(report))
+    print(f"checkpoint: {args.out / 'checkpoint'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare_2d(sub)
     _add_prepare(sub)
     _add_predict(sub)
+    _add_export(sub)
+    _add_import(sub)
     return parser
 
 
@@ -559,23 +640,27 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    """Segment the inputs and print a one-line summary (failures first, one line each)."""
-    from medfoundry.tasks.predict3d import predict
+    """Predict the inputs and print a one-line summary (notes and failures first, one line each)."""
+    from medfoundry.tasks.predict import predict
 
     summary = predict(
         args.model,
         args.input,
         args.out,
         probabilities=args.probabilities,
+        overlay=args.overlay,
         overwrite=args.overwrite,
         continue_on_error=args.continue_on_error,
         progress=not args.no_progress,
         device=args.device,
     )
+    for note in summary.notes:
+        print(f"medfoundry: note: {note}", file=sys.stderr)
     for _, message in summary.failed:
         print(f"medfoundry: failed: {message}", file=sys.stderr)
     print(
-        f"predict: {args.out} ({len(summary.written)} written, {len(summary.skipped)} skipped "
+        f"predict: {summary.table or args.out} ({len(summary.written)} written, "
+        f"{len(summary.skipped)} skipped "
         f"(outputs exist; --overwrite redoes them), {len(summary.failed)} failed)"
     )
     if summary.failed:
@@ -592,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
         "prepare-2d": cmd_prepare_2d,
         "prepare": cmd_prepare,
         "predict": cmd_predict,
+        "export": cmd_export,
+        "import": cmd_import,
     }
     try:
         handlers[args.command](args)

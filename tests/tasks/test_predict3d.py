@@ -241,7 +241,7 @@ def test_loading_is_strict_and_names_the_folder(trained, tmp_path):
     meta = json.loads((ckpt / "medfoundry.json").read_text())
     for kind in ({"spatial_dims": 2}, {"task": "classification", "spatial_dims": 2}):
         (ckpt / "medfoundry.json").write_text(json.dumps({**meta, **kind}))
-        with pytest.raises(CheckpointError, match="not implemented yet"):
+        with pytest.raises(CheckpointError, match="not a 3D segmentation model"):
             load_segmenter3d(ckpt)
     (ckpt / "medfoundry.json").write_text(json.dumps({"method": "voco", "spatial_dims": 3}))
     with pytest.raises(CheckpointError, match="not a fine-tuned model"):
@@ -317,9 +317,9 @@ def test_cli_refuses_a_model_that_is_not_3d_segmentation(tmp_path, capsys):
     meta = {"task": "classification", "spatial_dims": 2, "method": "finetune"}
     (ckpt / "medfoundry.json").write_text(json.dumps(meta))
     args = ["--model", str(tmp_path / "cls"), "--input", str(tmp_path), "--out", str(tmp_path)]
-    code = main(["predict", *args])
+    code = main(["predict", *args])  # the command dispatches to the 2D path: metadata checked
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not implemented yet" in err[0] and str(ckpt) in err[0]
-    with pytest.raises(CheckpointError, match="not implemented yet"):
+    assert len(err) == 1 and "classification metadata lacks" in err[0] and str(ckpt) in err[0]
+    with pytest.raises(CheckpointError, match="not a 3D segmentation model"):
         predict(tmp_path / "cls", tmp_path, tmp_path / "out", progress=False)

@@ -1,7 +1,8 @@
 """Build any registered backbone from its name and arguments (as stored in checkpoint metadata).
 
 ResNets (``BACKBONES``) take ``width``/``spatial_dims``; Swin encoders (``SWIN_BACKBONES``) take
-the ``SwinBackbone`` arguments; ``pctnet`` takes the ``PCTNetEncoder`` arguments (3D only).
+the ``SwinBackbone`` arguments; ``pctnet`` takes the ``PCTNetEncoder`` arguments (3D only);
+``swinvit3d`` the ``nets.swinunetr.SwinViT3D`` arguments (MONAI's 3D Swin, VoCo's backbone).
 ``create_backbone(**backbone.config)`` rebuilds a backbone.
 """
 
@@ -15,10 +16,12 @@ from medfoundry.nets.pctnet import PCTNET_BACKBONES, PCTNetEncoder
 from medfoundry.nets.resnet import BACKBONES, ResNetBackbone
 from medfoundry.nets.swin import SWIN_BACKBONES, SwinBackbone
 
+SWINVIT3D_BACKBONES: tuple[str, ...] = ("swinvit3d",)  # nets.swinunetr (imported lazily)
+
 
 def backbone_names() -> list[str]:
     """Every name ``create_backbone`` accepts."""
-    return sorted([*BACKBONES, *SWIN_BACKBONES, *PCTNET_BACKBONES])
+    return sorted([*BACKBONES, *SWIN_BACKBONES, *PCTNET_BACKBONES, *SWINVIT3D_BACKBONES])
 
 
 def create_backbone(name: str = "resnet18", in_channels: int = 1, **kwargs: Any) -> nn.Module:
@@ -27,6 +30,10 @@ def create_backbone(name: str = "resnet18", in_channels: int = 1, **kwargs: Any)
         return SwinBackbone(name=name, in_channels=in_channels, **kwargs)
     if name in PCTNET_BACKBONES:
         return PCTNetEncoder(in_channels=in_channels, **kwargs)
+    if name in SWINVIT3D_BACKBONES:
+        from medfoundry.nets.swinunetr import SwinViT3D
+
+        return SwinViT3D(name=name, in_channels=in_channels, **kwargs)
     if name in BACKBONES:
         return ResNetBackbone(name=name, in_channels=in_channels, **kwargs)
     raise ValueError(f"unknown backbone {name!r}; choose from {backbone_names()}")

@@ -131,11 +131,16 @@ class ConvBlock(nn.Sequential):
 
 
 class Down(nn.Sequential):
-    """Max-pool by ``stride`` then a conv that changes the channel count."""
+    """Max-pool by ``stride`` then a conv that changes the channel count; with ``preact`` a
+    BN -> PReLU before the conv, as MIS-FM's ``DownSample`` (published PCT-Net weights)."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: Triple, kernel: Triple) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: Triple, kernel: Triple, preact: bool = False
+    ) -> None:
+        act = [nn.BatchNorm3d(in_ch), nn.PReLU()] if preact else []
         super().__init__(
             nn.MaxPool3d(stride, stride),
+            *act,
             nn.Conv3d(in_ch, out_ch, kernel, padding=_padding(kernel)),
         )
 
@@ -297,6 +302,8 @@ class PCTNetEncoder(nn.Module):
         drop_path: stochastic-depth rate of the last Swin block.
         width: channel multiplier (see the module docstring for the rounding).
         spatial_dims: must be 3 (accepted so ``create_backbone(**config)`` round-trips).
+        down_preact: BN -> PReLU before each downsampling conv, as MIS-FM's released PCT-Net
+            (``medfoundry import --format misfm``); off by default (our pretraining runs).
     """
 
     def __init__(
@@ -311,6 +318,7 @@ class PCTNetEncoder(nn.Module):
         drop_path: float = 0.2,
         width: float = 1.0,
         spatial_dims: int = 3,
+        down_preact: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims != 3:
@@ -337,6 +345,9 @@ class PCTNetEncoder(nn.Module):
             "width": float(width),
             "spatial_dims": 3,
         }
+        if down_preact:  # only then: configs of our own runs stay as they were
+            self.config["down_preact"] = True
+        pre = bool(down_preact)
         ch = scaled_channels(feature_channels, width, num_heads)
         self.feature_channels: list[int] = ch
         self.out_dim: int = ch[-1]
@@ -348,14 +359,14 @@ class PCTNetEncoder(nn.Module):
         # embedding
         self.proj = nn.Conv3d(in_channels, ch[0], k[0], padding=_padding(k[0]))
         self.block0 = ConvBlock(ch[0], ch[0], k[0], dropout[0])  # x0
-        self.down1 = Down(ch[0], ch[1], pool[0], k[1])
+        self.down1 = Down(ch[0], ch[1], pool[0], k[1], pre)
         self.block1 = ConvBlock(ch[1], ch[1], k[1], dropout[1])  # x1
-        self.down2 = Down(ch[1], ch[2], pool[1], k[2])  # x2
+        self.down2 = Down(ch[1], ch[2], pool[1], k[2], pre)  # x2
         # PCT pyramid
         self.pct2 = PCTBlock(ch[2], dropout[2], depths[0], num_heads[0], window_size, rates[0])
-        self.down3 = Down(ch[2], ch[3], pool[2], k[3])
+        self.down3 = Down(ch[2], ch[3], pool[2], k[3], pre)
         self.pct3 = PCTBlock(ch[3], dropout[3], depths[1], num_heads[1], window_size, rates[1])
-        self.down4 = Down(ch[3], ch[4], pool[3], k[4])
+        self.down4 = Down(ch[3], ch[4], pool[3], k[4], pre)
         self.pct4 = PCTBlock(ch[4], dropout[4], depths[2], num_heads[2], window_size, rates[2])
 
     def features(self, x: Tensor) -> list[Tensor]:

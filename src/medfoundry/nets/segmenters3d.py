@@ -16,7 +16,8 @@ Networks: ``resnet_unet`` (the 3D ResNet-UNet of ``nets.unet``, Volume Fusion's 
 VoCo backbone's U-Net), ``pctnet`` (MIS-FM's PCT-Net, ``nets.pctnet``: Volume Fusion's
 ``volume_fusion_pctnet`` checkpoints, or from scratch; options ``backbone`` (the
 ``PCTNetEncoder`` arguments) and ``deep_supervision``), ``unet`` (MONAI ``BasicUNet``, scratch
-only) and ``swinunetr`` (MONAI ``SwinUNETR``, scratch only; its ``einops`` is a dependency). Adding a network
+only) and ``swinunetr`` (MONAI ``SwinUNETR`` as ``nets.swinunetr.SwinUNETRNet``: checkpoints
+imported from VoCo / Swin-UNETR SSL, or from scratch; its ``einops`` is a dependency). Adding a network
 is one entry of ``SEGMENTERS_3D``.
 """
 
@@ -138,23 +139,35 @@ def _build_unet(in_channels: int, num_classes: int, options: Options) -> nn.Modu
 
 
 def _build_swinunetr(in_channels: int, num_classes: int, options: Options) -> nn.Module:
-    """MONAI SwinUNETR (``feature_size`` divisible by 12, ``depths``, ``num_heads``); MONAI's
+    """MONAI SwinUNETR (``feature_size`` divisible by 12, ``depths``, ``num_heads``,
+    ``use_v2``) as ``nets.swinunetr.SwinUNETRNet`` (``encoder`` = the Swin transformer, so a
+    VoCo / Swin-UNETR SSL checkpoint imported by ``medfoundry import`` loads); MONAI's
     implementation needs the ``einops`` package."""
     if importlib.util.find_spec("einops") is None:
         raise MedfoundryError(
             "network swinunetr needs the einops package (MONAI's SwinUNETR uses it): "
             "pip install einops"
         )
-    from monai.networks.nets import SwinUNETR
+    from medfoundry.nets.swinunetr import SwinUNETRNet, SwinViT3D
 
-    return SwinUNETR(
+    encoder = SwinViT3D(
         in_channels=in_channels,
-        out_channels=num_classes,
         feature_size=int(options.get("feature_size", 24)),
         depths=tuple(int(d) for d in options.get("depths") or (2, 2, 2, 2)),
         num_heads=tuple(int(h) for h in options.get("num_heads") or (3, 6, 12, 24)),
-        spatial_dims=3,
+        window_size=int(options.get("window_size", 7)),
+        use_v2=bool(options.get("use_v2", False)),
     )
+    return SwinUNETRNet(encoder, num_classes)
+
+
+def _swinunetr_options(meta: dict[str, Any]) -> Options:
+    """The SwinUNETR a ``swinvit3d`` checkpoint's encoder fits into (its recorded arguments)."""
+    bb = dict(meta["backbone"])
+    if bb.get("name") != "swinvit3d":
+        raise ValueError(f"a swinunetr decoder needs a swinvit3d backbone, got {bb.get('name')!r}")
+    keys = ("feature_size", "depths", "num_heads", "window_size", "use_v2")
+    return {k: bb[k] for k in keys if k in bb}
 
 
 SEGMENTERS_3D: dict[str, Segmenter3D] = {
@@ -172,7 +185,12 @@ SEGMENTERS_3D: dict[str, Segmenter3D] = {
         _pctnet_rule,
     ),
     "unet": Segmenter3D(_build_unet, (16, 16, 16), None, "MONAI BasicUNet, scratch only"),
-    "swinunetr": Segmenter3D(_build_swinunetr, (32, 32, 32), None, "MONAI SwinUNETR, scratch only"),
+    "swinunetr": Segmenter3D(
+        _build_swinunetr,
+        (32, 32, 32),
+        _swinunetr_options,
+        "MONAI SwinUNETR (imported VoCo / Swin-UNETR SSL checkpoints, or from scratch)",
+    ),
 }
 
 

@@ -52,6 +52,8 @@ class SwinBackbone(nn.Module):
         drop_path: stochastic depth rate of the last block (linear from 0).
         use_checkpoint: gradient checkpointing in every block (less memory, ~30% slower).
         spatial_dims: must be 2 (accepted so ``create_backbone(**config)`` round-trips).
+        final_norm: the final LayerNorm on the last map; False (identity) reproduces the
+            published VIS-MAE encoder (``medfoundry import --format vis_mae``).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class SwinBackbone(nn.Module):
         qkv_bias: bool = True,
         use_checkpoint: bool = False,
         spatial_dims: int = 2,
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         if name not in SWIN_BACKBONES:
@@ -96,6 +99,8 @@ class SwinBackbone(nn.Module):
             "use_checkpoint": bool(use_checkpoint),
             "spatial_dims": 2,
         }
+        if not final_norm:  # only then: configs of our own runs stay as they were
+            self.config["final_norm"] = False
         self.in_channels = int(in_channels)
         self.embed_dim = embed_dim
         self.depths, self.num_heads = depths, num_heads
@@ -113,7 +118,7 @@ class SwinBackbone(nn.Module):
         self.downsamples = nn.ModuleList(
             PatchMerging(dim, norm_layer=LayerNorm, spatial_dims=2) for dim in dims[:-1]
         )
-        self.norm = LayerNorm(dims[-1])
+        self.norm: nn.Module = LayerNorm(dims[-1]) if final_norm else nn.Identity()
         self.feature_channels: list[int] = dims
         self.feature_strides: list[int] = [patch_size * 2**i for i in range(len(dims))]
         self.out_dim: int = dims[-1]

@@ -225,6 +225,9 @@ def finetune_segmentation(
         "method": "finetune",
         "pretrained_from": str(pretrained),
     }
+    decoder_cfg = (getattr(model, "config", None) or {}).get("decoder")
+    if decoder_cfg is not None:  # a Swin-UNet: its decoder is rebuilt from this (load_model)
+        meta["decoder"] = dict(decoder_cfg)
     save_checkpoint(out_dir / "checkpoint", model.state_dict(), meta)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics

@@ -5,7 +5,7 @@
 + ``medfoundry.json``). Rules:
 
 - **Model**: rebuilt from ``medfoundry.json`` (``network``, ``network_options``,
-  ``num_classes``) and loaded strictly: every tensor of the whole network, head included, or a
+  ``num_classes``; ``medfoundry.zoo.models.load_segmenter3d``, re-exported here) and loaded strictly: every tensor of the whole network, head included, or a
   ``CheckpointError`` naming the folder. A checkpoint that is not a 3D segmentation model (a
   pretrained backbone, a 2D or classification model) is a ``CheckpointError`` too.
 - **Preprocessing**: the checkpoint's store settings (``normalization`` = the store's
@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -46,16 +45,13 @@ from medfoundry.data.preprocess3d import (
     preprocess_volume,
     to_original_grid,
 )
-from medfoundry.data.store3d_settings import checkpoint_preprocessing
-from medfoundry.errors import CheckpointError, InputError, MedfoundryError
+from medfoundry.errors import InputError, MedfoundryError
 from medfoundry.io import ImageData, read_image, write_nifti
 from medfoundry.io.dicom_series import dicom_files_in
 from medfoundry.io.itk import ITK_EXTENSIONS
 from medfoundry.io.nifti import NIFTI_EXTENSIONS
-from medfoundry.nets.segmenters3d import create_segmenter3d, size_multiple_of
 from medfoundry.train.inference3d import predict_volume
-from medfoundry.zoo import checkpoint_dir, read_metadata
-from medfoundry.zoo.checkpoint import WEIGHTS_NAME
+from medfoundry.zoo.models import TrainedSegmenter3D, load_segmenter3d
 
 __all__ = [
     "PredictSummary",
@@ -76,28 +72,6 @@ PROBABILITIES_SUFFIX = "_probabilities"
 
 
 @dataclass
-class TrainedSegmenter3D:
-    """A fine-tuned 3D segmenter ready to predict: the network (eval mode), its folder and
-    metadata, the preprocessing, the roi (D, H, W), sliding-window settings, size rule, the
-    number of tensors loaded, and whether it validated under bfloat16 autocast (CUDA only)."""
-
-    network: nn.Module
-    folder: Path
-    meta: dict[str, Any]
-    settings: VolumeSettings
-    roi: tuple[int, int, int]
-    sliding_window: dict[str, Any]
-    size_multiple: tuple[int, int, int]
-    tensors: int
-    amp: bool = False
-
-    @property
-    def labels(self) -> dict[int, str]:
-        """Class value -> name of the classes the checkpoint records (its ``labels``)."""
-        return {int(k): str(v) for k, v in (self.meta.get("labels") or {}).items()}
-
-
-@dataclass
 class VolumePrediction:
     """One scan's prediction on its own grid: labels (i, j, k) uint8, probabilities
     (i, j, k, K) float32 or None, the (i, j, k, 1) -> LPS mm affine, and the NIfTI codes."""
@@ -112,82 +86,15 @@ class VolumePrediction:
 
 @dataclass
 class PredictSummary:
-    """What ``predict`` did: written label maps, skipped inputs, failures (path, message)."""
+    """What ``predict`` did: written outputs (per input: its label map; for a classifier the
+    input, whose row is in ``table``), skipped inputs, failures (path, message), the
+    classifier's CSV, and notes (options that did not apply to the model)."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _model_kind_error(folder: Path, meta: dict[str, Any]) -> CheckpointError | None:
-    """The error for a checkpoint that is not a fine-tuned 3D segmenter, else None."""
-    task = meta.get("task")
-    dims = meta.get("spatial_dims", (meta.get("backbone") or {}).get("spatial_dims", 2))
-    if task == "segmentation" and int(dims) == 3:
-        return None
-    if task in ("segmentation", "classification"):
-        return CheckpointError(
-            f"{folder}: a {int(dims)}D {task} model; predict is not implemented yet for 2D "
-            "segmentation or classification models (only 3D segmentation)"
-        )
-    return CheckpointError(
-        f"{folder}: not a fine-tuned model (method {meta.get('method')!r}, no task); predict "
-        "needs a 3D segmentation run of `medfoundry finetune --task segmentation`"
-    )
-
-
-def load_segmenter3d(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedSegmenter3D:
-    """The 3D segmenter of a fine-tuning run folder (or its ``checkpoint/``), strictly loaded."""
-    folder = checkpoint_dir(run_dir)
-    meta = read_metadata(folder)
-    error = _model_kind_error(folder, meta)
-    if error is not None:
-        raise error
-    preprocessing = checkpoint_preprocessing(meta)
-    missing = [k for k in ("network", "num_classes", "input_size") if k not in meta]
-    if preprocessing is None or missing:
-        what = ", ".join(missing + ([] if preprocessing else ["normalization (store)"]))
-        raise CheckpointError(f"{folder}: 3D segmentation metadata lacks {what}")
-    name, options = str(meta["network"]), dict(meta.get("network_options") or {})
-    try:
-        network = create_segmenter3d(
-            name, int(meta.get("in_channels", 1)), int(meta["num_classes"]), **options
-        )
-        settings = VolumeSettings.from_preprocessing(preprocessing)
-    except (ValueError, TypeError, KeyError, MedfoundryError) as e:
-        raise CheckpointError(f"{folder}: cannot rebuild the network {name!r}: {e}") from e
-    try:
-        weights = load_file(str(folder / WEIGHTS_NAME))
-    except Exception as e:  # safetensors raises several types for corrupt files
-        raise CheckpointError(f"{folder / WEIGHTS_NAME}: unreadable weights ({e})") from e
-    state = network.state_dict()
-    missing_keys = sorted(set(state) - set(weights))
-    unused = sorted(set(weights) - set(state))
-    shapes = sorted(k for k in set(state) & set(weights) if state[k].shape != weights[k].shape)
-    if missing_keys or unused or shapes:
-        raise CheckpointError(
-            f"{folder}: the weights do not fit the {name!r} network of its medfoundry.json "
-            f"({len(missing_keys)} missing, {len(unused)} unused, {len(shapes)} shape "
-            f"mismatches; first: {(missing_keys + unused + shapes)[:3]})"
-        )
-    network.load_state_dict(weights, strict=True)
-    sw = dict(meta.get("sliding_window") or {})
-    roi = tuple(int(v) for v in meta["input_size"])
-    return TrainedSegmenter3D(
-        network=network.to(device).eval(),
-        folder=folder,
-        meta=meta,
-        settings=settings,
-        roi=(roi[0], roi[1], roi[2]),
-        sliding_window={
-            "overlap": float(sw.get("overlap", 0.5)),
-            "sw_batch_size": int(sw.get("sw_batch_size", 4)),
-            "mode": str(sw.get("mode", "gaussian")),
-        },
-        size_multiple=size_multiple_of(name, options),
-        tensors=len(weights),
-        amp=bool(sw.get("amp", False)),
-    )
+    table: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def preprocess_for_model(

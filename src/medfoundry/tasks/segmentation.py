@@ -26,9 +26,7 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from medfoundry.config import merge
 from medfoundry.errors import MedfoundryError
 from medfoundry.evaluate.metrics import dice_score
-from medfoundry.nets import create_backbone
-from medfoundry.nets.swin_unet import SwinUNet
-from medfoundry.nets.unet import ResNetUNet
+from medfoundry.nets.segmenters2d import create_segmenter2d, is_swin_config
 from medfoundry.runtime import seed_everything
 from medfoundry.train.engine import BestWeights, make_trainer
 from medfoundry.train.segment_module import SegmentationModule
@@ -56,7 +54,7 @@ DATA_KEYS = frozenset(
 
 def is_swin(backbone_cfg: dict[str, Any]) -> bool:
     """True when `backbone_cfg` builds a Swin encoder (hence a Swin-UNet)."""
-    return str(backbone_cfg.get("name", "")).startswith("swin")
+    return is_swin_config(backbone_cfg)
 
 
 def segmentation_recipe(cfg: dict[str, Any], backbone_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -85,16 +83,12 @@ def build_segmenter(
     CheckpointError if the backbone does not load). Returns the model and the load info (empty
     for scratch): ResNet encoders get a ResNet-UNet (`decoder_channels`), Swin encoders a
     Swin-UNet whose decoder loads the checkpoint's pretrained decoder where it matches."""
-    backbone = create_backbone(**_backbone_args(backbone_cfg))
-    swin = hasattr(backbone, "embed_dim")
+    swin = is_swin(backbone_cfg)
     decoder_cfg = None
     if swin and pretrained is not None:
         decoder_cfg = read_metadata(pretrained).get("decoder")
-    model: nn.Module = (
-        SwinUNet(backbone, num_classes, decoder_cfg)
-        if swin
-        else ResNetUNet(backbone, num_classes, decoder_channels=decoder_channels)
-    )
+    model = create_segmenter2d(backbone_cfg, num_classes, decoder_channels, decoder_cfg)
+    backbone = model.encoder
     info: dict[str, Any] = {}
     if pretrained is not None:
         report = load_backbone(pretrained, backbone, min_fraction=min_fraction)
@@ -109,15 +103,6 @@ def build_segmenter(
             info["decoder_load_report"] = dec.summary()
             info["load_report"] += f"; {dec.summary()}"
     return model, info
-
-
-def _backbone_args(backbone_cfg: dict[str, Any]) -> dict[str, Any]:
-    """Every argument of a Swin backbone; the architecture keys of a ResNet (a config may
-    carry others, e.g. a run's recorded extras)."""
-    if is_swin(backbone_cfg):
-        return dict(backbone_cfg)
-    keys = ("name", "in_channels", "width", "spatial_dims")
-    return {k: backbone_cfg[k] for k in keys if k in backbone_cfg}
 
 
 def train_segmenter(

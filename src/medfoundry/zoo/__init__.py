@@ -1,4 +1,4 @@
-"""Checkpoint format: `model.safetensors` + `medfoundry.json`."""
+"""Checkpoint format (`model.safetensors` + `medfoundry.json`) and fine-tuned model loading."""
 
 from medfoundry.zoo.checkpoint import (
     LoadReport,
@@ -9,13 +9,19 @@ from medfoundry.zoo.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
+from medfoundry.zoo.importers import FORMATS, import_checkpoint
+from medfoundry.zoo.models import LoadedModel, load_model
 
 __all__ = [
+    "FORMATS",
     "LoadReport",
+    "LoadedModel",
     "checkpoint_dir",
     "has_decoder",
+    "import_checkpoint",
     "load_backbone",
     "load_decoder",
+    "load_model",
     "read_metadata",
     "save_checkpoint",
 ]
