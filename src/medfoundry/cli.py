@@ -481,8 +481,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from medfoundry.tasks import finetune
+    from medfoundry.zoo.meta import resolve_checkpoint
 
-    pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+    # resolved once here: every step below reads this Checkpoint, not the folder again
+    pretrained = None if args.pretrained.lower() == "none" else resolve_checkpoint(args.pretrained)
     three_d = args.task == "segmentation" and finetune.is_3d_segmentation(args.data, pretrained)
     flags = ["steps", "lr", "batch_size"]
     flags += ["patch_size"] if three_d else ["image_size", "labels_per_class", "linear_probe"]

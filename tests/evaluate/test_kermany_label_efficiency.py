@@ -192,7 +192,13 @@ def _recording(monkeypatch, calls):
 
     def ft(*args, **kwargs):
         calls.append(
-            ("ft", kwargs["pretrained"], kwargs["seed"], args[1].tolist(), float(args[0].sum()))
+            (
+                "ft",
+                None if kwargs["pretrained"] is None else str(kwargs["pretrained"]),  # a Checkpoint
+                kwargs["seed"],
+                args[1].tolist(),
+                float(args[0].sum()),
+            )
         )
         return real_ft(*args, **kwargs)
 

@@ -90,27 +90,25 @@ def test_checkpoints_resolve_to_the_network_they_load_into():
         "backbone": bb,
         "decoder": {"type": "resnet_unet", "decoder_channels": [64, 32, 16, 8, 8]},
     }
-    assert network_for_checkpoint(vf) == "resnet_unet"
-    assert network_for_checkpoint({"backbone": bb}) == "resnet_unet"  # VoCo: encoder only
-    options = seg.SEGMENTERS_3D["resnet_unet"].from_checkpoint(vf)
+    assert network_for_checkpoint(vf["backbone"], vf["decoder"]) == "resnet_unet"
+    assert network_for_checkpoint(bb) == "resnet_unet"  # VoCo: encoder only
+    options = seg.SEGMENTERS_3D["resnet_unet"].from_checkpoint(vf["backbone"], vf["decoder"])
     assert options == {
         "backbone": {"name": "resnet18", "width": 0.5},
         "decoder_channels": [64, 32, 16, 8, 8],
     }
-    assert "decoder_channels" not in seg.SEGMENTERS_3D["resnet_unet"].from_checkpoint(
-        {"backbone": bb}
-    )
+    assert "decoder_channels" not in seg.SEGMENTERS_3D["resnet_unet"].from_checkpoint(bb, None)
     with pytest.raises(ValueError, match="no 3D network loads"):
-        network_for_checkpoint({"backbone": {"name": "swin"}})
+        network_for_checkpoint({"name": "swin"})
 
 
 def test_pctnet_checkpoints_resolve_to_pctnet_with_the_encoder_arguments():
     encoder = create_backbone("pctnet", width=0.125, window_size=4, resolution_mode=2)
     decoder = PCTNetDecoder.from_encoder(encoder)
     meta = {"backbone": encoder.config, "decoder": decoder.config}
-    assert network_for_checkpoint(meta) == "pctnet"
-    assert network_for_checkpoint({"backbone": encoder.config}) == "pctnet"  # encoder only
-    options = seg.SEGMENTERS_3D["pctnet"].from_checkpoint(meta)
+    assert network_for_checkpoint(meta["backbone"], meta["decoder"]) == "pctnet"
+    assert network_for_checkpoint(encoder.config) == "pctnet"  # encoder only
+    options = seg.SEGMENTERS_3D["pctnet"].from_checkpoint(meta["backbone"], meta["decoder"])
     net = create_segmenter3d("pctnet", 1, 4, **options)
     assert net.encoder.config == encoder.config and net.decoder.config == decoder.config
     assert size_multiple_of("pctnet", options) == (4, 16, 16)
@@ -123,10 +121,10 @@ def test_one_registry_entry_adds_a_network_that_loads_checkpoints(monkeypatch):
     def build(in_channels, num_classes, options):
         return torch.nn.Conv3d(in_channels, num_classes, int(options.get("k", 1)))
 
-    entry = Segmenter3D(build, 8, lambda meta: {"k": meta["decoder"]["k"]}, "toy")
+    entry = Segmenter3D(build, 8, lambda backbone, decoder: {"k": decoder["k"]}, "toy")
     monkeypatch.setitem(seg.SEGMENTERS_3D, "toynet", entry)
     meta = {"backbone": {"name": "toynet"}, "decoder": {"type": "toynet", "k": 1}}
-    assert network_for_checkpoint(meta) == "toynet"
+    assert network_for_checkpoint(meta["backbone"], meta["decoder"]) == "toynet"
     assert create_segmenter3d("toynet", 1, 2, k=1)(torch.zeros(1, 1, 8, 8, 8)).shape[1] == 2
     with pytest.raises(ValueError, match="multiple of 8"):
         check_patch("toynet", [8, 12, 8])

@@ -10,20 +10,20 @@ import torch
 from medfoundry.errors import MedfoundryError
 from medfoundry.nets import create_backbone
 from medfoundry.tasks.pretrain import pretrain
-from medfoundry.zoo import load_backbone, read_metadata
+from medfoundry.zoo import load_backbone, read_meta
 
 
 def test_adam_runs_levels_in_sequence_and_exports(xray_folder, tmp_path, tiny_pretrain_config):
     cfg = tiny_pretrain_config("adam")
     run = pretrain(cfg, [xray_folder], tmp_path / "run", progress=False)
-    meta = read_metadata(run)
-    assert meta["method"] == "adam" and meta["levels_trained"] == [0, 2]
-    assert meta["normalization"]["name"] == "percentile_minmax"
+    meta = read_meta(run)
+    assert meta.method == "adam" and meta.levels_trained == (0, 2)
+    assert meta.normalization["name"] == "percentile_minmax"
     assert (run / "stage0_level0" / "checkpoint" / "model.safetensors").is_file()
     assert (run / "stage1_level2" / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((run / "config.json").read_text())["method"] == "adam"
     assert "torch" in json.loads((run / "versions.json").read_text())
-    backbone = create_backbone(**meta["backbone"])
+    backbone = create_backbone(**meta.backbone.config)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     report = load_backbone(run, backbone)
     assert report.loaded == report.total_model
@@ -42,7 +42,7 @@ def test_stage_two_starts_from_stage_one(xray_folder, tmp_path, tiny_pretrain_co
     s0 = torch.load(run / "stage0_level0" / "checkpoints" / "last.ckpt", weights_only=False)[
         "state_dict"
     ]
-    fresh = create_backbone(**read_metadata(run)["backbone"]).state_dict()
+    fresh = create_backbone(**read_meta(run).backbone.config).state_dict()
     s1 = torch.load(run / "stage1_level2" / "checkpoints" / "last.ckpt", weights_only=False)[
         "state_dict"
     ]
@@ -71,9 +71,9 @@ def test_existing_run_needs_resume_and_resume_finishes(xray_folder, tmp_path, ti
 def test_moco_is_level_zero_without_pruning(xray_folder, tmp_path, tiny_pretrain_config):
     cfg = tiny_pretrain_config("moco")
     run = pretrain(cfg, [xray_folder], tmp_path / "moco", progress=False)
-    meta = read_metadata(run)
-    assert meta["method"] == "moco" and meta["levels_trained"] == [0]
-    assert meta["config"]["moco"]["prune_threshold"] is None
+    meta = read_meta(run)
+    assert meta.method == "moco" and meta.levels_trained == (0,)
+    assert meta.extra["config"]["moco"]["prune_threshold"] is None
 
 
 def test_collapsed_pruned_stage_stops_with_clear_error(xray_folder, tmp_path, tiny_pretrain_config):
@@ -95,8 +95,8 @@ def test_moco_with_an_adam_preset_trains_level_zero_for_the_total_epochs(
     cfg["method"] = "moco"
     cfg["epochs"] = [1, 2]
     run = pretrain(cfg, [xray_folder], tmp_path / "moco", progress=False)
-    meta = read_metadata(run)
-    assert meta["levels_trained"] == [0] and meta["config"]["moco"]["prune_threshold"] is None
+    meta = read_meta(run)
+    assert meta.levels_trained == (0,) and meta.extra["config"]["moco"]["prune_threshold"] is None
     log = (run / "stage0_level0" / "logs" / "metrics.csv").read_text().splitlines()[1:]
     assert {int(line.split(",")[0]) for line in log} == {0, 1, 2}  # 1 + 2 epochs
 
@@ -115,17 +115,17 @@ def test_mae_pretrains_and_exports_encoder_and_decoder(xray_folder, tmp_path, ti
     from medfoundry.zoo import has_decoder, load_decoder
 
     run = pretrain(tiny_pretrain_config("mae"), [xray_folder], tmp_path / "run", progress=False)
-    meta = read_metadata(run)
-    assert meta["method"] == "mae" and meta["input_size"] == 64 and meta["patch_size"] == 4
-    assert meta["mae"]["mask_ratio"] == 0.75 and has_decoder(run)
+    meta = read_meta(run)
+    assert meta.method == "mae" and meta.input_size == 64 and meta.extra["patch_size"] == 4
+    assert meta.extra["mae"]["mask_ratio"] == 0.75 and has_decoder(run)
     assert not (run / "stage1_level0").exists()  # one stage, no anatomy levels
     torch.manual_seed(0)
-    backbone = create_backbone(**meta["backbone"])
+    backbone = create_backbone(**meta.backbone.config)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     report = load_backbone(run, backbone)
     assert report.loaded == report.total_model
     assert any(not torch.equal(v, before[k]) for k, v in backbone.state_dict().items())
-    decoder = SwinDecoder(**meta["decoder"])
+    decoder = SwinDecoder(**meta.decoder)
     dec_report = load_decoder(run, decoder)
     assert dec_report.loaded == dec_report.total_model and dec_report.part == "decoder"
     log = (run / "stage0_level0" / "logs" / "metrics.csv").read_text()
@@ -172,7 +172,7 @@ def test_mae_trains_data_parallel_on_two_cpu_ranks(xray_folder, tmp_path, tiny_p
         return torch.load(last, map_location="cpu", weights_only=False)["global_step"]
 
     assert steps(single) >= 2 and steps(double) * 2 == steps(single)
-    backbone = create_backbone(**read_metadata(double)["backbone"])
+    backbone = create_backbone(**read_meta(double).backbone.config)
     assert load_backbone(double, backbone).loaded == len(backbone.state_dict())
 
 
@@ -222,11 +222,11 @@ def test_3d_methods_pretrain_from_a_store(volume_store, tmp_path, method, extra)
         + ["trainer={accelerator: cpu, devices: 1}", *extra],
     )
     run = pretrain(cfg, [volume_store], tmp_path / "run", progress=False)
-    meta = read_metadata(run)
-    assert meta["method"] == method and meta["spatial_dims"] == 3
-    assert meta["normalization"]["name"] == "store"
-    assert meta["input_size"] == ([32, 32, 32] if method == "volume_fusion" else [16, 16, 16])
-    backbone = create_backbone(**meta["backbone"])
+    meta = read_meta(run)
+    assert meta.method == method and meta.spatial_dims == 3
+    assert meta.normalization["name"] == "store"
+    assert meta.input_size == ((32, 32, 32) if method == "volume_fusion" else (16, 16, 16))
+    backbone = create_backbone(**meta.backbone.config)
     assert load_backbone(run, backbone).loaded == len(backbone.state_dict())
     assert (run / "checkpoint" / "decoder.safetensors").is_file() == (method == "volume_fusion")
     log = (run / "stage0_level0" / "logs" / "metrics.csv").read_text()
@@ -253,14 +253,14 @@ def test_volume_fusion_pctnet_preset_runs_from_the_cli(volume_store, tmp_path):
     ):
         args += ["--set", pair]
     assert main(args) == 0
-    meta = read_metadata(run)
-    assert meta["backbone"]["name"] == "pctnet" and meta["backbone"]["resolution_mode"] == 1
-    assert meta["decoder"]["type"] == "pctnet" and meta["input_size"] == [16, 32, 32]
-    assert meta["volume_fusion"]["deep_supervision"] is True
-    backbone = create_backbone(**meta["backbone"])
+    meta = read_meta(run)
+    assert meta.backbone.name == "pctnet" and meta.backbone.args["resolution_mode"] == 1
+    assert meta.decoder["type"] == "pctnet" and meta.input_size == (16, 32, 32)
+    assert meta.extra["volume_fusion"]["deep_supervision"] is True
+    backbone = create_backbone(**meta.backbone.config)
     report = load_backbone(run, backbone)
     assert report.loaded == report.total_model == report.total_checkpoint
-    decoder = PCTNetDecoder.from_config(meta["decoder"])
+    decoder = PCTNetDecoder.from_config(meta.decoder)
     dec_report = load_decoder(run, decoder)
     assert dec_report.loaded == dec_report.total_model == dec_report.total_checkpoint
     log = (run / "stage0_level0" / "logs" / "metrics.csv").read_text()

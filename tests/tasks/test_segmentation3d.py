@@ -4,6 +4,7 @@ inference, checkpoint loading, metrics and bad input."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import warnings
 
@@ -36,7 +37,7 @@ from medfoundry.tasks.segmentation3d import (
     train_segmenter3d,
 )
 from medfoundry.train.segment3d_module import Segment3DModule
-from medfoundry.zoo import read_metadata, save_checkpoint
+from medfoundry.zoo import read_meta, save_checkpoint
 
 TINY_RESNET = {"backbone": {"name": "resnet10", "width": 0.125}, "decoder_channels": [8] * 5}
 UNET_CFG = {
@@ -164,10 +165,10 @@ def test_volumes_smaller_than_the_patch_are_padded_not_cropped(data):
 
 
 def test_volume_fusion_checkpoint_loads_encoder_and_decoder(data, vf_run):
-    meta = read_metadata(vf_run)
+    meta = read_meta(vf_run)
     setup = network_setup({"network": "resnet_unet"}, vf_run)
     assert setup["network"] == "resnet_unet"
-    assert setup["options"]["decoder_channels"] == meta["decoder"]["decoder_channels"]
+    assert setup["options"]["decoder_channels"] == meta.decoder["decoder_channels"]
     torch.manual_seed(0)
     model, info = build_segmenter3d(setup, 3)
     n_enc, n_dec = len(model.encoder.state_dict()), len(model.decoder.state_dict())
@@ -212,8 +213,10 @@ def test_encoder_only_checkpoint_reports_no_decoder(data, tmp_path):
 
 
 def test_preprocessing_mismatch_names_both(data, vf_run, tmp_path):
-    meta = read_metadata(vf_run)
-    meta["normalization"]["target_spacing"] = [2.0, 2.0, 2.0]
+    meta = read_meta(vf_run)
+    meta = dataclasses.replace(
+        meta, normalization={**meta.normalization, "target_spacing": [2.0, 2.0, 2.0]}
+    )
     with pytest.raises(CheckpointError, match="target_spacing") as err:
         check_preprocessing(meta, vf_run, open_store(data["store"]))
     assert str(vf_run) in str(err.value) and str(data["store"]) in str(err.value)
@@ -236,8 +239,8 @@ def test_finetune_cli_3d_from_a_volume_fusion_run(data, vf_run, tmp_path, capsys
     config = json.loads((out / "config.json").read_text())
     assert config["network_resolved"]["network"] == "resnet_unet"
     assert (out / "versions.json").is_file()
-    meta = read_metadata(out)
-    assert meta["spatial_dims"] == 3 and meta["normalization"]["name"] == "store"
+    meta = read_meta(out)
+    assert meta.spatial_dims == 3 and meta.normalization["name"] == "store"
     # the fine-tuned run is itself a 3D checkpoint: encoder and decoder load back
     _, info = build_segmenter3d(network_setup({}, out), 3)
     assert info["decoder"] != "none in checkpoint"
@@ -247,9 +250,9 @@ def test_finetune_cli_3d_from_a_volume_fusion_run(data, vf_run, tmp_path, capsys
 def test_pctnet_volume_fusion_run_fine_tunes_with_every_encoder_and_decoder_tensor(
     data, vf_pctnet_run, tmp_path, capsys
 ):
-    meta = read_metadata(vf_pctnet_run)
-    n_enc = len(create_backbone(**meta["backbone"]).state_dict())
-    n_dec = len(PCTNetDecoder.from_config(meta["decoder"]).state_dict())
+    meta = read_meta(vf_pctnet_run)
+    n_enc = len(create_backbone(**meta.backbone.config).state_dict())
+    n_dec = len(PCTNetDecoder.from_config(meta.decoder).state_dict())
     out = tmp_path / "run"
     args = ["finetune", "--task", "segmentation", "--data", str(data["train"])]
     args += ["--test-data", str(data["test"]), "--pretrained", str(vf_pctnet_run)]
@@ -271,7 +274,7 @@ def test_pctnet_volume_fusion_run_fine_tunes_with_every_encoder_and_decoder_tens
         state = getattr(model, part).state_dict()
         assert all(torch.equal(state[k], v) for k, v in saved.items()), part
     # the fine-tuned run is a PCT-Net checkpoint again
-    assert read_metadata(out)["decoder"]["type"] == "pctnet"
+    assert read_meta(out).decoder["type"] == "pctnet"
     assert network_setup({}, out)["network"] == "pctnet"
 
 

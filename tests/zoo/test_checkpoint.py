@@ -25,7 +25,7 @@ def test_round_trip_loads_every_tensor(tmp_path):
     for key, value in src.state_dict().items():
         assert torch.equal(dst.state_dict()[key], value)
     assert read_metadata(tmp_path / "ck")["method"] == "adam"
-    assert read_metadata(tmp_path / "ck")["format_version"] == 1
+    assert read_metadata(tmp_path / "ck")["format_version"] == 2
 
 
 def test_run_folder_and_prefixed_keys(tmp_path):

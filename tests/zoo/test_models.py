@@ -56,9 +56,7 @@ def test_classifier_loads_every_tensor_with_its_record(tmp_path):
     assert model.kind == "classification" and model.spatial_dims == 2
     assert model.names == ("a", "b", "c") and model.in_channels == 1
     assert model.input_size == (32, 32) and model.preprocessing == NORM
-    assert (
-        model.folder == tmp_path / "run" / "checkpoint" and model.meta["task"] == "classification"
-    )
+    assert model.folder == tmp_path / "run" / "checkpoint" and model.meta.task == "classification"
     assert model.tensors == len(original.state_dict()) and not model.network.training
     x = torch.randn(2, 1, 32, 32)
     original.eval()
@@ -96,7 +94,7 @@ def test_swin_unet_fine_tuned_from_mae_reloads_its_decoder(tmp_path, make_jsrt_l
     finetune_segmentation(data, tmp_path / "mae", tmp_path / "run", cfg, progress=False)
     model = load_model(tmp_path / "run")
     assert model.kind == "segmentation2d" and model.names == ("heart",)
-    assert model.meta["decoder"]["depths"] == [1, 1, 1]
+    assert model.meta.decoder["depths"] == [1, 1, 1]
     assert model.network(torch.randn(1, 1, 32, 32)).shape == (1, 1, 32, 32)
 
     path = tmp_path / "run" / "checkpoint" / "medfoundry.json"

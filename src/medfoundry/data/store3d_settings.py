@@ -4,7 +4,8 @@ A model sees intensities, spacing and axes as its store made them, so fine-tunin
 on a store, or testing on another store, needs the same values for ``COMPARED_KEYS`` (crop
 settings and storage dtypes change no voxel value a model sees, so they may differ).
 A 3D checkpoint records its store's ``Store.preprocessing`` as ``normalization``
-(``{"name": "store", ...}``, written by ``medfoundry pretrain`` and ``finetune``).
+(``{"name": "store", ...}``, written by ``medfoundry pretrain`` and ``finetune``; read back as
+``zoo.CheckpointMeta.store_preprocessing``).
 """
 
 from __future__ import annotations
@@ -16,14 +17,6 @@ import numpy as np
 
 #: Preprocessing settings that must agree between a checkpoint's store and a downstream store.
 COMPARED_KEYS = ("axis_order", "target_spacing", "modality", "normalization", "resampling")
-
-
-def checkpoint_preprocessing(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """The store preprocessing a 3D checkpoint records, or None when it records none."""
-    norm = meta.get("normalization")
-    if not isinstance(norm, dict) or norm.get("name") != "store":
-        return None
-    return {k: v for k, v in norm.items() if k != "name"}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 from medfoundry.data.normalize import XRAY_NORMALIZATION
 from medfoundry.errors import MedfoundryError
 from medfoundry.nets import create_backbone
-from medfoundry.zoo import load_backbone, read_metadata
+from medfoundry.zoo import Checkpoint, CheckpointMeta, load_backbone, resolve_checkpoint
 
 
 def checkpoint_label(path: Path) -> str:
@@ -53,9 +53,12 @@ def arm_backbone(meta_backbone: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def checkpoint_arm_name(meta: dict[str, Any], path: str | Path, taken: set[str]) -> str:
+def checkpoint_arm_name(
+    meta: CheckpointMeta | None, path: str | Path | Checkpoint, taken: set[str]
+) -> str:
     """`<method>-<run folder>`, suffixed `-2`, `-3`, ... until not in `taken` (then added)."""
-    base = f"{meta.get('method', 'pretrained')}-{checkpoint_label(Path(path))}"
+    method = meta.method if meta is not None else "pretrained"
+    base = f"{method}-{checkpoint_label(Path(str(path)))}"
     name, i = base, 2
     while name in taken:
         name, i = f"{base}-{i}", i + 1
@@ -80,27 +83,30 @@ def resolve_arms(
     "scratch-<backbone>" (e.g. a Swin scratch beside a ResNet one when MAE and Adam checkpoints
     are compared). Without checkpoints: one "scratch" arm from config["backbone"] /
     default_image_size / the X-ray normalisation. `config["image_size"]` (when set) overrides
-    every arm's input size. `benchmark` names the benchmark in error messages.
+    every arm's input size. `benchmark` names the benchmark in error messages. A checkpoint
+    arm's `resolved` holds its `Checkpoint`, read once here and passed on to training.
     """
     arms: list[dict[str, Any]] = []
     names: set[str] = {"scratch"}
     for p in pretrained:
         if is_scratch_entry(p):
             continue
-        meta = read_metadata(p)
-        if "backbone" not in meta:
+        resolved = resolve_checkpoint(p)
+        meta = resolved.meta
+        if meta.backbone is None:
             raise MedfoundryError(f"{p}: checkpoint metadata has no 'backbone' entry")
         name = checkpoint_arm_name(meta, p, names)
         arms.append(
             {
                 "name": name,
                 "checkpoint": str(p),
-                "method": meta.get("method"),
-                "backbone": arm_backbone(meta["backbone"]),
+                "resolved": resolved,
+                "method": meta.method,
+                "backbone": arm_backbone(meta.backbone.config),
                 "image_size": int(
-                    config["image_size"] or meta.get("input_size") or config["default_image_size"]
+                    config["image_size"] or meta.input_size or config["default_image_size"]  # type: ignore[arg-type]
                 ),
-                "normalization": meta.get("normalization")
+                "normalization": meta.normalization
                 or config["normalization"]
                 or XRAY_NORMALIZATION,
             }
@@ -137,12 +143,17 @@ def resolve_arms(
     return arms
 
 
+def arm_checkpoint(arm: dict[str, Any]) -> Checkpoint | str | None:
+    """What an arm trains from: its resolved `Checkpoint`, else its path (None: scratch)."""
+    return arm.get("resolved") or arm["checkpoint"]
+
+
 def load_reports(arms: Sequence[dict[str, Any]]) -> dict[str, str]:
     """Load every checkpoint into its network once, so a misfit fails before any training."""
     reports: dict[str, str] = {}
     for arm in arms:
         if arm["checkpoint"] is not None:
-            report = load_backbone(arm["checkpoint"], create_backbone(**arm["backbone"]))
+            report = load_backbone(arm_checkpoint(arm), create_backbone(**arm["backbone"]))
             reports[arm["name"]] = report.summary()
     return reports
 

@@ -106,14 +106,15 @@ def resolve_arms3d(
     for p in pretrained:
         if is_scratch_entry(p):
             continue
-        setup = seg3d.network_setup(config, p)
-        meta = setup["meta"] or {}
+        setup = seg3d.network_setup(config, p)  # reads the checkpoint once, for every step
+        meta = setup["meta"]
         name = checkpoint_arm_name(meta, p, names)
         arms.append(
             {
                 "name": name,
                 "checkpoint": str(p),
-                "method": meta.get("method"),
+                "resolved": setup["resolved"],
+                "method": meta.method if meta is not None else None,
                 "network": setup["network"],
                 "options": setup["options"],
             }
@@ -158,7 +159,11 @@ def same_arm_network(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def _setup(arm: dict[str, Any]) -> dict[str, Any]:
     """The ``network_setup`` dict an arm trains with."""
-    return {k: arm[k] for k in ("network", "options", "checkpoint")} | {"meta": None}
+    resolved = arm.get("resolved")
+    return {k: arm[k] for k in ("network", "options", "checkpoint")} | {
+        "meta": None if resolved is None else resolved.meta,
+        "resolved": resolved,
+    }
 
 
 def _prepare(
@@ -168,7 +173,7 @@ def _prepare(
     meta = None
     for arm in arms:
         if arm["checkpoint"] is not None:
-            meta = seg3d.read_metadata(arm["checkpoint"])
+            meta = seg3d.resolve_checkpoint(arm.get("resolved") or arm["checkpoint"]).meta
             break
     settings = seg3d.prepare_settings(cfg, meta)
     prepare_store(train_data, out_dir / "stores" / "train", progress=False, **settings)
@@ -337,7 +342,7 @@ def run_hippocampus_fewshot(
     for arm in arms:
         if arm["checkpoint"] is not None:
             seg3d.check_preprocessing(
-                seg3d.read_metadata(arm["checkpoint"]),
+                seg3d.resolve_checkpoint(arm.get("resolved") or arm["checkpoint"]).meta,
                 arm["checkpoint"],
                 train_store,
                 bool(cfg["check_preprocessing"]),

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from medfoundry.data.segmentation import load_segmentation_set, structure_groups
 from medfoundry.errors import MedfoundryError
 from medfoundry.evaluate import resume
-from medfoundry.evaluate.arms import arm_info, arm_table_row, load_reports
+from medfoundry.evaluate.arms import arm_checkpoint, arm_info, arm_table_row, load_reports
 from medfoundry.evaluate.arms import data_key as _data_key
 from medfoundry.evaluate.arms import resolve_arms as _resolve_arms
 from medfoundry.evaluate.arms import slug as _slug
@@ -422,7 +422,7 @@ def run_jsrt_fewshot(
             vax,
             vay,
             backbone_cfg=arm["backbone"],
-            pretrained=arm["checkpoint"],
+            pretrained=arm_checkpoint(arm),
             cfg=run_cfg,
             out_dir=logs,
             seed=run_seed(cfg, k, r),

@@ -54,7 +54,13 @@ from medfoundry.data.manifest import ClassificationItem, scan_class_folders
 from medfoundry.data.pretrain import load_images
 from medfoundry.errors import InputError, MedfoundryError
 from medfoundry.evaluate import resume
-from medfoundry.evaluate.arms import arm_info, data_key, load_reports, resolve_arms
+from medfoundry.evaluate.arms import (
+    arm_checkpoint,
+    arm_info,
+    data_key,
+    load_reports,
+    resolve_arms,
+)
 from medfoundry.evaluate.label_efficiency_report import (
     markdown_report,
     plot_label_efficiency,
@@ -318,7 +324,7 @@ def run_kermany_label_efficiency(
         if key not in features:
             if arm["checkpoint"] is None:
                 seed_everything(subset_seed(cfg["base_seed"], repeat, "random-init"))
-            backbone, _ = build_classifier_backbone(arm["backbone"], arm["checkpoint"])
+            backbone, _ = build_classifier_backbone(arm["backbone"], arm_checkpoint(arm))
             bs = int(cfg["eval_batch_size"])
             tx, sx = images_for(arm)
             ftr = extract_features(backbone, tx, batch_size=bs, device=device)
@@ -405,7 +411,7 @@ def run_kermany_label_efficiency(
                 tx[va],
                 train_y[va],
                 backbone_cfg=arm["backbone"],
-                pretrained=arm["checkpoint"],
+                pretrained=arm_checkpoint(arm),
                 cfg=run_cfg,
                 seed=seed,
                 linear_probe=False,

@@ -7,7 +7,8 @@
 - ``size_multiple``: what every patch / sliding-window side must be divisible by, per axis
   (D, H, W): a 3-tuple, or a function of the options for networks whose rule depends on them
   (PCT-Net's ``resolution_mode``); ``size_multiple_of(name, options)`` resolves it;
-- ``from_checkpoint(meta) -> options``, or None for networks trained from scratch only. A
+- ``from_checkpoint(backbone, decoder) -> options`` (a checkpoint's backbone config and its
+  decoder config or None), or None for networks trained from scratch only. A
   network that loads checkpoints exposes ``.encoder`` (``model.safetensors`` loads into it via
   ``zoo.load_backbone``), optionally ``.decoder`` (``decoder.safetensors``, ``zoo.load_decoder``)
   and ``.head`` (the output layer, always freshly initialised for the downstream classes).
@@ -51,7 +52,7 @@ class Segmenter3D:
 
     build: Callable[[int, int, Options], nn.Module]
     size_multiple: SizeMultiple
-    from_checkpoint: Callable[[dict[str, Any]], Options] | None = None
+    from_checkpoint: Callable[[Options, Options | None], Options] | None = None
     description: str = ""
     size_rule: Callable[[Options], str] | None = None
 
@@ -69,11 +70,11 @@ def _build_resnet_unet(in_channels: int, num_classes: int, options: Options) -> 
     return ResNetUNet(backbone, num_classes, decoder_channels=[int(c) for c in channels])
 
 
-def _resnet_unet_options(meta: dict[str, Any]) -> Options:
+def _resnet_unet_options(backbone: Options, decoder: Options | None) -> Options:
     """The ResNet-UNet a checkpoint's encoder (and Volume Fusion decoder) fits into."""
-    bb = dict(meta["backbone"])
+    bb = dict(backbone)
     options: Options = {"backbone": {"name": bb["name"], "width": float(bb.get("width", 1.0))}}
-    decoder = meta.get("decoder") or {}
+    decoder = decoder or {}
     if decoder.get("type") == "resnet_unet" and decoder.get("decoder_channels"):
         options["decoder_channels"] = [int(c) for c in decoder["decoder_channels"]]
     return options
@@ -119,10 +120,10 @@ def _pctnet_rule(options: Options) -> str:
     return f"PCT-Net with resolution_mode {_pctnet_mode(options)} (per mode, {modes})"
 
 
-def _pctnet_options(meta: dict[str, Any]) -> Options:
+def _pctnet_options(backbone: Options, decoder: Options | None) -> Options:
     """The PCT-Net a checkpoint's encoder (and Volume Fusion decoder) fits into: the encoder's
     recorded arguments (the decoder mirrors them)."""
-    bb = dict(meta["backbone"])
+    bb = dict(backbone)
     if bb.get("name") != "pctnet":
         raise ValueError(f"a pctnet decoder needs a pctnet backbone, got {bb.get('name')!r}")
     return {"backbone": {k: v for k, v in bb.items() if k not in _PCTNET_FIXED}}
@@ -161,9 +162,9 @@ def _build_swinunetr(in_channels: int, num_classes: int, options: Options) -> nn
     return SwinUNETRNet(encoder, num_classes)
 
 
-def _swinunetr_options(meta: dict[str, Any]) -> Options:
+def _swinunetr_options(backbone: Options, decoder: Options | None) -> Options:
     """The SwinUNETR a ``swinvit3d`` checkpoint's encoder fits into (its recorded arguments)."""
-    bb = dict(meta["backbone"])
+    bb = dict(backbone)
     if bb.get("name") != "swinvit3d":
         raise ValueError(f"a swinunetr decoder needs a swinvit3d backbone, got {bb.get('name')!r}")
     keys = ("feature_size", "depths", "num_heads", "window_size", "use_v2")
@@ -241,11 +242,11 @@ def check_patch(name: str, patch: Sequence[int], options: Options | None = None)
         )
 
 
-def network_for_checkpoint(meta: dict[str, Any]) -> str:
-    """The registered network a 3D checkpoint loads into: its decoder's type, else its
-    backbone's name, else ``resnet_unet`` for a ResNet backbone."""
-    decoder_type = (meta.get("decoder") or {}).get("type")
-    backbone = str((meta.get("backbone") or {}).get("name", ""))
+def network_for_checkpoint(backbone_cfg: Options | None, decoder: Options | None = None) -> str:
+    """The registered network a 3D checkpoint (its backbone config and decoder config) loads
+    into: its decoder's type, else its backbone's name, else ``resnet_unet`` for a ResNet."""
+    decoder_type = (decoder or {}).get("type")
+    backbone = str((backbone_cfg or {}).get("name", ""))
     for candidate in (decoder_type, backbone):
         if candidate in SEGMENTERS_3D and SEGMENTERS_3D[candidate].from_checkpoint is not None:
             return str(candidate)

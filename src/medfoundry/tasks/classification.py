@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,11 +12,11 @@ from medfoundry.nets import create_backbone
 from medfoundry.runtime import seed_everything
 from medfoundry.train.classify_module import ClassificationModule
 from medfoundry.train.engine import BestWeights, make_trainer
-from medfoundry.zoo import load_backbone
+from medfoundry.zoo import CheckpointLike, load_backbone
 
 
 def build_classifier_backbone(
-    backbone_cfg: dict[str, Any], pretrained: str | Path | None
+    backbone_cfg: dict[str, Any], pretrained: CheckpointLike | None
 ) -> tuple[torch.nn.Module, str]:
     """Create the backbone and load pretrained weights; returns it and a load summary."""
     backbone = create_backbone(**backbone_cfg)
@@ -34,7 +33,7 @@ def train_classifier(
     val_y: torch.Tensor,
     *,
     backbone_cfg: dict[str, Any],
-    pretrained: str | Path | None,
+    pretrained: CheckpointLike | None,
     cfg: dict[str, Any],
     seed: int,
     num_classes: int = 2,

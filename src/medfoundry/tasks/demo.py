@@ -29,7 +29,7 @@ from medfoundry.tasks.linear_probe import (
     train_linear_probe,
 )
 from medfoundry.tasks.pretrain import pretrain
-from medfoundry.zoo import read_metadata
+from medfoundry.zoo import Checkpoint, resolve_checkpoint
 
 
 def demo_data_dir() -> Path:
@@ -100,7 +100,7 @@ def _plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
 
 def _linear_probe_arm(
     backbone_cfg: dict[str, Any],
-    ckpt: Path | None,
+    ckpt: Checkpoint | None,
     pool_x: torch.Tensor,
     pool_y: torch.Tensor,
     tr: list[int],
@@ -174,9 +174,12 @@ def run_demo(
     )
     pool_dir = out_dir / "pretrain"
     pretrain(pre_cfg, [it.path for it in split["pool"]], pool_dir, resume=True, progress=progress)
-    meta = read_metadata(pool_dir)
-    size = int(meta["input_size"])
-    norm = meta["normalization"]
+    pretrained = resolve_checkpoint(pool_dir)  # once: every arm below reuses it
+    meta = pretrained.meta
+    assert meta.backbone is not None and meta.normalization is not None
+    backbone_cfg = meta.backbone.config
+    size = int(meta.input_size)  # type: ignore[arg-type]
+    norm = meta.normalization
 
     print(f"[2/3] Loading labeled images at {size}²")
     pool_x = load_images(
@@ -190,10 +193,10 @@ def run_demo(
 
     # (checkpoint, linear probe): fine-tuning from Adam vs from scratch, and a linear probe on
     # frozen Adam features vs on frozen random features (what the representation alone buys)
-    arms: dict[str, tuple[Path | None, bool]] = {
-        "adam fine-tune": (pool_dir, False),
+    arms: dict[str, tuple[Checkpoint | None, bool]] = {
+        "adam fine-tune": (pretrained, False),
         "scratch": (None, False),
-        "adam linear probe": (pool_dir, True),
+        "adam linear probe": (pretrained, True),
         "random linear probe": (None, True),
     }
     if not ccfg.get("linear_probe_arms", True):
@@ -210,7 +213,7 @@ def run_demo(
         for arm, (ckpt, linear) in arms.items():
             if linear:
                 metrics, loads[arm] = _linear_probe_arm(
-                    meta["backbone"], ckpt, pool_x, pool_y, tr, va, test_x, test_y, ccfg, seed + rep
+                    backbone_cfg, ckpt, pool_x, pool_y, tr, va, test_x, test_y, ccfg, seed + rep
                 )
                 for key, value in metrics.items():
                     results[arm][key].append(value)
@@ -221,7 +224,7 @@ def run_demo(
                 pool_y[tr],
                 pool_x[va],
                 pool_y[va],
-                backbone_cfg=meta["backbone"],
+                backbone_cfg=backbone_cfg,
                 pretrained=ckpt,
                 cfg=ccfg,
                 seed=seed + rep,

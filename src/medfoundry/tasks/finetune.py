@@ -11,20 +11,30 @@ import torch
 from medfoundry.data.manifest import ClassificationItem, scan_class_folders
 from medfoundry.data.normalize import XRAY_NORMALIZATION
 from medfoundry.data.pretrain import load_images
+from medfoundry.errors import CheckpointError
 from medfoundry.runtime import atomic_write_json, record_run
 from medfoundry.tasks.classification import evaluate_classifier, train_classifier
 from medfoundry.tasks.segmentation3d import is_3d_segmentation
-from medfoundry.zoo import read_metadata, save_checkpoint
+from medfoundry.zoo import (
+    BackboneSpec,
+    CheckpointLike,
+    CheckpointMeta,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from medfoundry.zoo.meta import AXIS_ORDER_2D
 
 
 def backbone_setup(
-    pretrained: str | Path | None, cfg: dict[str, Any]
+    pretrained: CheckpointLike | None, cfg: dict[str, Any]
 ) -> tuple[dict[str, Any], int, dict[str, Any]]:
     """Backbone config, input size and normalisation: from the checkpoint when given, else cfg."""
     if pretrained is not None:
-        meta = read_metadata(pretrained)
-        size = int(cfg.get("image_size") or meta["input_size"])
-        return dict(meta["backbone"]), size, dict(meta.get("normalization") or XRAY_NORMALIZATION)
+        meta = resolve_checkpoint(pretrained).meta
+        if meta.backbone is None:
+            raise CheckpointError(f"{pretrained}: checkpoint metadata has no 'backbone' entry")
+        size = int(cfg.get("image_size") or meta.input_size)  # type: ignore[arg-type]
+        return meta.backbone.config, size, dict(meta.normalization or XRAY_NORMALIZATION)
     return dict(cfg["backbone"]), int(cfg.get("image_size") or 224), dict(XRAY_NORMALIZATION)
 
 
@@ -57,7 +67,7 @@ def limit_per_class(
 
 def finetune_classification(
     data: Path,
-    pretrained: str | Path | None,
+    pretrained: CheckpointLike | None,
     out_dir: Path,
     cfg: dict[str, Any],
     test_data: Path | None = None,
@@ -68,6 +78,8 @@ def finetune_classification(
     items, classes = scan_class_folders(data)
     train_items, val_items = patient_split(items, float(cfg["val_fraction"]), seed)
     train_items = limit_per_class(train_items, cfg.get("labels_per_class"), seed)
+    if pretrained is not None:
+        pretrained = resolve_checkpoint(pretrained)  # once: everything below reads this value
     backbone_cfg, size, norm = backbone_setup(pretrained, cfg)
     record_run(
         out_dir, {**cfg, "data": str(data), "pretrained": str(pretrained), "classes": classes}
@@ -114,18 +126,18 @@ def finetune_classification(
         sx, sy = load(test_items)
         metrics["test"] = evaluate_classifier(model, sx, sy)
         print(f"test: {metrics['test']}")
-    meta = {
-        "task": "classification",
-        "classes": classes,
-        "backbone": backbone_cfg,
-        "input_size": size,
-        "in_channels": backbone_cfg["in_channels"],
-        "spatial_dims": 2,
-        "axis_order": "CHW",
-        "normalization": norm,
-        "method": "finetune",
-        "pretrained_from": str(pretrained),
-    }
+    meta = CheckpointMeta(
+        task="classification",
+        classes=tuple(classes),
+        backbone=BackboneSpec.from_config(backbone_cfg),
+        input_size=size,
+        in_channels=int(backbone_cfg["in_channels"]),
+        spatial_dims=2,
+        axis_order=AXIS_ORDER_2D,
+        normalization=norm,
+        method="finetune",
+        pretrained_from=str(pretrained),
+    )
     state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
     state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
     save_checkpoint(out_dir / "checkpoint", state, meta)
@@ -135,7 +147,7 @@ def finetune_classification(
 
 def finetune_segmentation(
     data: Path,
-    pretrained: str | Path | None,
+    pretrained: CheckpointLike | None,
     out_dir: Path,
     cfg: dict[str, Any],
     test_data: Path | None = None,
@@ -148,6 +160,8 @@ def finetune_segmentation(
     folder, or a 3D checkpoint, goes to
     `medfoundry.tasks.segmentation3d.finetune_segmentation3d` instead.
     """
+    if pretrained is not None:
+        pretrained = resolve_checkpoint(pretrained)  # once: everything below reads this value
     if is_3d_segmentation(data, pretrained):
         from medfoundry.tasks.segmentation3d import finetune_segmentation3d
 
@@ -212,22 +226,22 @@ def finetune_segmentation(
         dice = evaluate(model, sx, sy)
         metrics["test_dice"] = {name: mean_sd(dice[:, k].tolist()) for k, name in enumerate(groups)}
         print(f"test Dice (mean, sd): {metrics['test_dice']}")
-    meta = {
-        "task": "segmentation",
-        "structures": groups,
-        "backbone": backbone_cfg,
-        "input_size": size,
-        "in_channels": backbone_cfg["in_channels"],
-        "spatial_dims": 2,
-        "axis_order": "CHW",
-        "normalization": norm,
-        "decoder_channels": list(cfg["decoder_channels"]),
-        "method": "finetune",
-        "pretrained_from": str(pretrained),
-    }
     decoder_cfg = (getattr(model, "config", None) or {}).get("decoder")
-    if decoder_cfg is not None:  # a Swin-UNet: its decoder is rebuilt from this (load_model)
-        meta["decoder"] = dict(decoder_cfg)
+    meta = CheckpointMeta(
+        task="segmentation",
+        structures={k: list(v) for k, v in groups.items()},
+        backbone=BackboneSpec.from_config(backbone_cfg),
+        input_size=size,
+        in_channels=int(backbone_cfg["in_channels"]),
+        spatial_dims=2,
+        axis_order=AXIS_ORDER_2D,
+        normalization=norm,
+        decoder_channels=tuple(int(c) for c in cfg["decoder_channels"]),
+        method="finetune",
+        pretrained_from=str(pretrained),
+        # a Swin-UNet: its decoder is rebuilt from this (load_model)
+        decoder=None if decoder_cfg is None else dict(decoder_cfg),
+    )
     save_checkpoint(out_dir / "checkpoint", model.state_dict(), meta)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics

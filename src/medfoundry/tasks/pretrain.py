@@ -34,7 +34,8 @@ from medfoundry.train.engine import make_trainer, resume_path
 from medfoundry.train.guards import PruningCollapseGuard, RepresentationCollapseGuard
 from medfoundry.train.pretrain_module import PretrainModule
 from medfoundry.train.probe import OnlineProbe, ProbeSet, load_probe_set
-from medfoundry.zoo import save_checkpoint
+from medfoundry.zoo import BackboneSpec, CheckpointMeta, save_checkpoint
+from medfoundry.zoo.meta import AXIS_ORDER_2D, AXIS_ORDER_3D
 
 FINAL_DIR = "checkpoint"
 VOLUME_METHODS = ("volume_fusion", "voco")  # 3D crops from a `medfoundry prepare` store
@@ -293,37 +294,40 @@ def checkpoint_metadata(
     n_images: int,
     sources: Sequence[str],
     decoder_cfg: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> CheckpointMeta:
     """What a downstream user needs to rebuild and feed the backbone (and MAE's decoder)."""
+    method = cfg["method"]
     extra: dict[str, Any] = {}
-    if cfg["method"] == "mae":
+    decoder = None
+    if method == "mae":
         extra = {
             "patch_size": int(backbone_cfg.get("patch_size", 4)),
-            "decoder": decoder_cfg,
             "mae": dict(cfg.get("mae", {})),
         }
-    volume = cfg["method"] in VOLUME_METHODS
+        decoder = decoder_cfg
+    volume = method in VOLUME_METHODS
     if volume:
-        extra = {"decoder": decoder_cfg} if decoder_cfg else {}
-        extra[cfg["method"]] = dict(cfg.get(cfg["method"], {}))
-    return {
-        "method": cfg["method"],
-        "backbone": backbone_cfg,
-        "in_channels": backbone_cfg["in_channels"],
-        "spatial_dims": 3 if volume else 2,
-        "axis_order": "CDHW (D, H, W = SPL)" if volume else "CHW",
-        "input_size": input_size(cfg),
-        **extra,
-        "normalization": cfg.get("normalization", XRAY_NORMALIZATION),
-        "levels_trained": levels,
-        "training_data": {
+        decoder = decoder_cfg or None
+        extra = {method: dict(cfg.get(method, {}))}
+    size = input_size(cfg)
+    return CheckpointMeta(
+        method=method,
+        backbone=BackboneSpec.from_config(backbone_cfg),
+        in_channels=int(backbone_cfg["in_channels"]),
+        spatial_dims=3 if volume else 2,
+        axis_order=AXIS_ORDER_3D if volume else AXIS_ORDER_2D,
+        input_size=size if isinstance(size, int) else tuple(int(s) for s in size),
+        decoder=decoder,
+        normalization=dict(cfg.get("normalization", XRAY_NORMALIZATION)),
+        levels_trained=tuple(int(v) for v in levels),
+        training_data={
             "n_images": n_images,
             "sources": [str(s) for s in sources],
             "load_size": cfg["data"].get("load_size"),
             "crop_size": cfg["data"].get("crop_size"),
         },
-        "config": cfg,
-    }
+        extra={**extra, "config": cfg},
+    )
 
 
 @torch.no_grad()
@@ -395,7 +399,7 @@ def pretrain(
     backbone_cfg = dict(method.backbone.config)
     decoder_cfg = _decoder_config(method)
 
-    def export(done_levels: list[int]) -> tuple[dict, dict, dict | None]:
+    def export(done_levels: list[int]) -> tuple[dict, CheckpointMeta, dict | None]:
         meta = checkpoint_metadata(
             cfg, backbone_cfg, done_levels, n_items, [str(d) for d in data], decoder_cfg
         )

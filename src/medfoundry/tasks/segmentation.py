@@ -30,7 +30,13 @@ from medfoundry.nets.segmenters2d import create_segmenter2d, is_swin_config
 from medfoundry.runtime import seed_everything
 from medfoundry.train.engine import BestWeights, make_trainer
 from medfoundry.train.segment_module import SegmentationModule
-from medfoundry.zoo import has_decoder, load_backbone, load_decoder, read_metadata
+from medfoundry.zoo import (
+    CheckpointLike,
+    has_decoder,
+    load_backbone,
+    load_decoder,
+    resolve_checkpoint,
+)
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "steps": 600,
@@ -75,7 +81,7 @@ def segmentation_recipe(cfg: dict[str, Any], backbone_cfg: dict[str, Any]) -> di
 def build_segmenter(
     backbone_cfg: dict[str, Any],
     num_classes: int,
-    pretrained: str | Path | None = None,
+    pretrained: CheckpointLike | None = None,
     decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
     min_fraction: float = 1.0,
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -85,8 +91,9 @@ def build_segmenter(
     Swin-UNet whose decoder loads the checkpoint's pretrained decoder where it matches."""
     swin = is_swin(backbone_cfg)
     decoder_cfg = None
-    if swin and pretrained is not None:
-        decoder_cfg = read_metadata(pretrained).get("decoder")
+    if pretrained is not None:
+        pretrained = resolve_checkpoint(pretrained)  # a Checkpoint passed in is not re-read
+        decoder_cfg = pretrained.meta.decoder if swin else None
     model = create_segmenter2d(backbone_cfg, num_classes, decoder_channels, decoder_cfg)
     backbone = model.encoder
     info: dict[str, Any] = {}
@@ -112,7 +119,7 @@ def train_segmenter(
     val_y: torch.Tensor | None,
     *,
     backbone_cfg: dict[str, Any],
-    pretrained: str | Path | None,
+    pretrained: CheckpointLike | None,
     cfg: dict[str, Any],
     out_dir: Path | None,
     seed: int,

@@ -76,7 +76,6 @@ from medfoundry.data.patches3d import PatchBatches, StoreVolumes
 from medfoundry.data.store3d import prepare_store
 from medfoundry.data.store3d_reader import STORE_FILE, Store, open_store
 from medfoundry.data.store3d_settings import (
-    checkpoint_preprocessing,
     describe_diff,
     prepare_kwargs,
     preprocessing_diff,
@@ -97,7 +96,18 @@ from medfoundry.train.inference3d import predict_volume, segment_volume
 from medfoundry.train.optim import zero_last_layer
 from medfoundry.train.segment3d_module import DEFAULTS as MODULE_DEFAULTS
 from medfoundry.train.segment3d_module import Segment3DModule, stalled_classes
-from medfoundry.zoo import has_decoder, load_backbone, load_decoder, read_metadata, save_checkpoint
+from medfoundry.zoo import (
+    BackboneSpec,
+    Checkpoint,
+    CheckpointLike,
+    CheckpointMeta,
+    has_decoder,
+    load_backbone,
+    load_decoder,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from medfoundry.zoo.meta import AXIS_ORDER_3D
 
 __all__ = [
     "TRAIN_DEFAULTS",
@@ -153,36 +163,31 @@ def is_store(path: str | Path) -> bool:
     return (Path(path) / STORE_FILE).is_file()
 
 
-def is_3d_segmentation(data: str | Path, pretrained: str | Path | None) -> bool:
+def is_3d_segmentation(data: str | Path, pretrained: CheckpointLike | None) -> bool:
     """Whether fine-tuning on ``data`` is 3D: a store or MSD folder, or a 3D checkpoint."""
     if is_store(data) or is_msd_layout(Path(data)):
         return True
     if pretrained is not None:
-        return checkpoint_dims(read_metadata(pretrained)) == 3
+        return resolve_checkpoint(pretrained).meta.spatial_dims == 3
     return False
 
 
-def checkpoint_dims(meta: dict[str, Any]) -> int:
-    """A checkpoint's spatial dims (top level, else its backbone's; 2 when unrecorded)."""
-    return int(meta.get("spatial_dims", (meta.get("backbone") or {}).get("spatial_dims", 2)))
-
-
-def require_3d_checkpoint(meta: dict[str, Any], path: str | Path) -> None:
+def require_3d_checkpoint(meta: CheckpointMeta, path: CheckpointLike) -> None:
     """Raise ``CheckpointError`` unless the checkpoint holds a 3D network."""
-    dims = checkpoint_dims(meta)
+    dims = meta.spatial_dims
     if dims != 3:
         raise CheckpointError(
-            f"{path}: a {dims}D checkpoint (method {meta.get('method')!r}, backbone "
-            f"{(meta.get('backbone') or {}).get('name')!r}) cannot initialise 3D segmentation; "
+            f"{path}: a {dims}D checkpoint (method {meta.method!r}, backbone "
+            f"{meta.backbone_name!r}) cannot initialise 3D segmentation; "
             "pretrain with a 3D method (volume_fusion, voco) or pass --pretrained none"
         )
 
 
-def prepare_settings(cfg: dict[str, Any], meta: dict[str, Any] | None) -> dict[str, Any]:
+def prepare_settings(cfg: dict[str, Any], meta: CheckpointMeta | None) -> dict[str, Any]:
     """``prepare_store`` arguments for raw folders: the checkpoint's preprocessing when it
     records one (and ``prepare.match_checkpoint``), else the ``prepare`` config."""
     prep = dict(cfg.get("prepare") or {})
-    recorded = checkpoint_preprocessing(meta) if meta is not None else None
+    recorded = meta.store_preprocessing if meta is not None else None
     if recorded is not None and prep.get("match_checkpoint", True):
         return prepare_kwargs(recorded)
     return {
@@ -223,11 +228,11 @@ def label_classes(store: Store) -> tuple[list[int], list[str]]:
 
 
 def check_preprocessing(
-    meta: dict[str, Any], checkpoint: str | Path, store: Store, strict: bool = True
+    meta: CheckpointMeta, checkpoint: CheckpointLike, store: Store, strict: bool = True
 ) -> None:
     """Stop (``CheckpointError``) when the checkpoint's store preprocessing differs from the
     store's, naming both; warn instead when ``strict`` is False or nothing was recorded."""
-    recorded = checkpoint_preprocessing(meta)
+    recorded = meta.store_preprocessing
     if recorded is None:
         warnings.warn(
             f"{checkpoint}: records no 3D store preprocessing; cannot check it against "
@@ -249,8 +254,10 @@ def check_preprocessing(
 
 
 # --- network --------------------------------------------------------------------------------
-def network_setup(cfg: dict[str, Any], pretrained: str | Path | None) -> dict[str, Any]:
-    """The network to build: ``{"network", "options", "checkpoint", "meta"}``.
+def network_setup(cfg: dict[str, Any], pretrained: CheckpointLike | None) -> dict[str, Any]:
+    """The network to build: ``{"network", "options", "checkpoint", "meta", "resolved"}``
+    (``checkpoint``: the path as given; ``resolved``: its ``Checkpoint``, read once here or
+    passed in; ``meta``: its ``CheckpointMeta``).
 
     ``cfg["network"]`` = ``auto`` (default) takes the checkpoint's network, ``resnet_unet``
     without one; a named network must be the one the checkpoint fits (a mismatch is an error,
@@ -259,9 +266,11 @@ def network_setup(cfg: dict[str, Any], pretrained: str | Path | None) -> dict[st
     name = str(cfg.get("network", "auto"))
     if name != "auto":
         get_segmenter3d(name)  # a clear error for an unknown name
-    meta = None
+    meta: CheckpointMeta | None = None
+    resolved: Checkpoint | None = None
     if pretrained is not None:
-        meta = read_metadata(pretrained)
+        resolved = resolve_checkpoint(pretrained)
+        meta = resolved.meta
         require_3d_checkpoint(meta, pretrained)
         if name != "auto" and get_segmenter3d(name).from_checkpoint is None:
             raise CheckpointError(
@@ -269,7 +278,7 @@ def network_setup(cfg: dict[str, Any], pretrained: str | Path | None) -> dict[st
                 "initialises resnet_unet (or another network that loads checkpoints)"
             )
         try:
-            fitted = network_for_checkpoint(meta)
+            fitted = network_for_checkpoint(meta.backbone_config, meta.decoder)
         except ValueError as e:
             raise CheckpointError(f"{pretrained}: {e}") from e
         if name not in ("auto", fitted):
@@ -278,9 +287,9 @@ def network_setup(cfg: dict[str, Any], pretrained: str | Path | None) -> dict[st
                 f"{fitted!r}; set network: auto (or {fitted}) to fine-tune it"
             )
         name = fitted
-        if int(meta.get("in_channels", 1)) != 1:
+        if meta.in_channels != 1:
             raise CheckpointError(
-                f"{pretrained}: {meta.get('in_channels')} input channels; 3D stores hold one"
+                f"{pretrained}: {meta.in_channels} input channels; 3D stores hold one"
             )
     elif name == "auto":
         name = "resnet_unet"
@@ -288,12 +297,13 @@ def network_setup(cfg: dict[str, Any], pretrained: str | Path | None) -> dict[st
     if meta is not None:
         from_checkpoint = get_segmenter3d(name).from_checkpoint
         assert from_checkpoint is not None
-        options.update(from_checkpoint(meta))
+        options.update(from_checkpoint(meta.backbone_config or {}, meta.decoder))
     return {
         "network": name,
         "options": options,
         "checkpoint": None if pretrained is None else str(pretrained),
         "meta": meta,
+        "resolved": resolved,
     }
 
 
@@ -304,12 +314,12 @@ def build_segmenter3d(
     (encoder, then decoder when there is one and ``decoder``; the head stays new); returns
     (model, load info)."""
     model = create_segmenter3d(setup["network"], 1, num_classes, **setup["options"])
-    ckpt = setup["checkpoint"]
-    if ckpt is None:
+    if setup["checkpoint"] is None:
         return model, {"summary": "random initialisation"}
+    ckpt: CheckpointLike = setup.get("resolved") or setup["checkpoint"]
     enc = load_backbone(ckpt, model.encoder, min_fraction=min_fraction)
     info: dict[str, Any] = {
-        "checkpoint": ckpt,
+        "checkpoint": setup["checkpoint"],
         "encoder": f"{enc.loaded}/{enc.total_model}",
         "encoder_report": enc.summary(),
         "head": "re-initialised",
@@ -558,41 +568,46 @@ def checkpoint_meta(
     classes: Sequence[int],
     names: Sequence[str],
     load: dict[str, Any],
-) -> dict[str, Any]:
+) -> CheckpointMeta:
     """Metadata of a fine-tuned 3D segmenter (rebuild, feed and reuse it as --pretrained)."""
-    meta: dict[str, Any] = {
-        "task": "segmentation",
-        "method": "finetune",
-        "network": setup["network"],
-        "network_options": setup["options"],
-        "num_classes": max(classes) + 1,
-        "labels": {str(v): n for v, n in zip(classes, names, strict=True)},
-        "in_channels": 1,
-        "spatial_dims": 3,
-        "axis_order": "CDHW (D, H, W = SPL)",
-        "input_size": [int(s) for s in cfg["patch_size"]],
-        "sliding_window": dict(cfg["sliding_window"]),
-        "normalization": {"name": "store", **store.preprocessing},
-        "pretrained_from": setup["checkpoint"],
-        "load_report": load.get("summary"),
-    }
     encoder = getattr(model, "encoder", None)
-    if isinstance(encoder, nn.Module) and hasattr(encoder, "config"):
-        meta["backbone"] = dict(encoder.config)
+    backbone = (
+        BackboneSpec.from_config(encoder.config)
+        if isinstance(encoder, nn.Module) and hasattr(encoder, "config")
+        else None
+    )
     decoder = getattr(model, "decoder", None)
+    decoder_cfg: dict[str, Any] | None = None
     if setup["network"] == "resnet_unet":
-        meta["decoder"] = {
+        decoder_cfg = {
             "type": "resnet_unet",
             "decoder_channels": list(model.config["decoder_channels"]),
         }
     elif isinstance(getattr(decoder, "config", None), dict):  # PCT-Net: its decoder.config
-        meta["decoder"] = dict(decoder.config)
-    return meta
+        decoder_cfg = dict(decoder.config)
+    return CheckpointMeta(
+        task="segmentation",
+        method="finetune",
+        network=setup["network"],
+        network_options=copy.deepcopy(setup["options"]),
+        num_classes=max(classes) + 1,
+        labels={str(v): n for v, n in zip(classes, names, strict=True)},
+        in_channels=1,
+        spatial_dims=3,
+        axis_order=AXIS_ORDER_3D,
+        input_size=tuple(int(s) for s in cfg["patch_size"]),
+        sliding_window=dict(cfg["sliding_window"]),
+        normalization={"name": "store", **store.preprocessing},
+        pretrained_from=setup["checkpoint"],
+        backbone=backbone,
+        decoder=decoder_cfg,
+        extra={"load_report": load.get("summary")},
+    )
 
 
 def finetune_segmentation3d(
     data: str | Path,
-    pretrained: str | Path | None,
+    pretrained: CheckpointLike | None,
     out_dir: str | Path,
     cfg: dict[str, Any],
     test_data: str | Path | None = None,

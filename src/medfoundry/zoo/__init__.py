@@ -6,14 +6,26 @@ from medfoundry.zoo.checkpoint import (
     has_decoder,
     load_backbone,
     load_decoder,
+    read_meta,
     read_metadata,
     save_checkpoint,
 )
 from medfoundry.zoo.importers import FORMATS, import_checkpoint
+from medfoundry.zoo.meta import (
+    BackboneSpec,
+    Checkpoint,
+    CheckpointLike,
+    CheckpointMeta,
+    resolve_checkpoint,
+)
 from medfoundry.zoo.models import LoadedModel, load_model
 
 __all__ = [
     "FORMATS",
+    "BackboneSpec",
+    "Checkpoint",
+    "CheckpointLike",
+    "CheckpointMeta",
     "LoadReport",
     "LoadedModel",
     "checkpoint_dir",
@@ -22,6 +34,8 @@ __all__ = [
     "load_backbone",
     "load_decoder",
     "load_model",
+    "read_meta",
     "read_metadata",
+    "resolve_checkpoint",
     "save_checkpoint",
 ]

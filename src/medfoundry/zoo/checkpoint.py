@@ -7,7 +7,8 @@ the backbone did not load, instead of the silent `strict=False` of the seed repo
 
 from __future__ import annotations
 
-import json
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,20 @@ from safetensors.torch import load_file, save_file
 
 from medfoundry.errors import CheckpointError
 from medfoundry.runtime import atomic_save, atomic_write_json
+from medfoundry.zoo.meta import (
+    DECODER_NAME,
+    META_NAME,
+    WEIGHTS_NAME,
+    CheckpointLike,
+    CheckpointMeta,
+    checkpoint_folder,
+    resolve_checkpoint,
+)
+from medfoundry.zoo.meta import (
+    FORMAT_VERSION as META_FORMAT_VERSION,
+)
 
-WEIGHTS_NAME = "model.safetensors"
-META_NAME = "medfoundry.json"
-DECODER_NAME = "decoder.safetensors"  # optional: a pretrained decoder (MAE), for Swin-UNet
-FORMAT_VERSION = 1
+FORMAT_VERSION = META_FORMAT_VERSION
 
 
 @dataclass
@@ -52,48 +62,48 @@ def _save_tensors(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
 def save_checkpoint(
     out_dir: str | Path,
     state_dict: dict[str, torch.Tensor],
-    metadata: dict[str, Any],
+    metadata: CheckpointMeta | Mapping[str, Any],
     decoder: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write backbone weights (and a pretrained decoder's, if any) and metadata atomically into
-    `out_dir`; the metadata goes last, so a folder with `medfoundry.json` is complete."""
+    `out_dir`; the metadata goes last, so a folder with `medfoundry.json` is complete.
+
+    `metadata` is a `CheckpointMeta`; a mapping (a format-1 dict) is parsed and migrated first,
+    so a malformed one fails here rather than at load time."""
     out_dir = Path(out_dir)
+    meta = (
+        metadata
+        if isinstance(metadata, CheckpointMeta)
+        else CheckpointMeta.from_json(metadata, out_dir / META_NAME)
+    )
+    document = meta.to_json()
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_tensors(out_dir / WEIGHTS_NAME, state_dict)
     if decoder is not None:
         _save_tensors(out_dir / DECODER_NAME, decoder)
-    meta = {"format_version": FORMAT_VERSION, **metadata}
-    atomic_write_json(out_dir / META_NAME, meta)
+    atomic_write_json(out_dir / META_NAME, document)
     return out_dir
 
 
-def _resolve(path: str | Path) -> Path:
-    """Accept a checkpoint folder, a run folder holding `checkpoint/`, or the weights file."""
-    path = Path(path)
-    if path.is_file() and path.name == WEIGHTS_NAME:
-        return path.parent
-    for cand in (path, path / "checkpoint"):
-        if (cand / WEIGHTS_NAME).is_file() and (cand / META_NAME).is_file():
-            return cand
-    raise CheckpointError(
-        f"{path}: no medfoundry checkpoint ({WEIGHTS_NAME} + {META_NAME}) found here "
-        f"or in {path / 'checkpoint'}"
-    )
-
-
-def checkpoint_dir(path: str | Path) -> Path:
+def checkpoint_dir(path: CheckpointLike) -> Path:
     """The checkpoint folder of a checkpoint folder, a run folder holding `checkpoint/`, or the
     weights file (`CheckpointError` when there is none)."""
-    return _resolve(path)
+    return checkpoint_folder(path)
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Return the metadata of a checkpoint (folder, run folder or weights file)."""
-    folder = _resolve(path)
-    try:
-        return json.loads((folder / META_NAME).read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{folder / META_NAME}: not valid JSON ({exc})") from exc
+def read_meta(path: CheckpointLike) -> CheckpointMeta:
+    """The typed metadata of a checkpoint (folder, run folder, weights file or `Checkpoint`)."""
+    return resolve_checkpoint(path).meta
+
+
+def read_metadata(path: CheckpointLike) -> dict[str, Any]:
+    """Deprecated: the JSON view (format 2) of a checkpoint's metadata; use `read_meta`."""
+    warnings.warn(
+        "read_metadata returns a dict; use read_meta (a CheckpointMeta)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return read_meta(path).to_json()
 
 
 KNOWN_PREFIXES = ("module.", "backbone.", "encoder.", "method.backbone.", "model.encoder.")
@@ -115,27 +125,27 @@ def _strip_prefix(
 
 
 def load_backbone(
-    path: str | Path, backbone: torch.nn.Module, min_fraction: float = 1.0
+    path: CheckpointLike, backbone: torch.nn.Module, min_fraction: float = 1.0
 ) -> LoadReport:
     """Load checkpoint weights into `backbone` and report; raise unless enough tensors loaded.
 
     `min_fraction` is the share of the backbone's tensors that must load (1.0: all of them).
     """
-    return _load_into(_resolve(path) / WEIGHTS_NAME, backbone, min_fraction, "backbone")
+    return _load_into(checkpoint_folder(path) / WEIGHTS_NAME, backbone, min_fraction, "backbone")
 
 
-def has_decoder(path: str | Path) -> bool:
+def has_decoder(path: CheckpointLike) -> bool:
     """Whether the checkpoint carries a pretrained decoder (`decoder.safetensors`)."""
-    return (_resolve(path) / DECODER_NAME).is_file()
+    return (checkpoint_folder(path) / DECODER_NAME).is_file()
 
 
-def load_decoder(path: str | Path, decoder: torch.nn.Module) -> LoadReport:
+def load_decoder(path: CheckpointLike, decoder: torch.nn.Module) -> LoadReport:
     """Load a checkpoint's pretrained decoder where names and shapes match, and report.
 
     Parts that a downstream decoder adds (skip fusions, a head for another number of classes)
     stay at their initialisation; it raises only when nothing at all loaded.
     """
-    return _load_into(_resolve(path) / DECODER_NAME, decoder, 0.0, "decoder")
+    return _load_into(checkpoint_folder(path) / DECODER_NAME, decoder, 0.0, "decoder")
 
 
 def _load_into(file: Path, module: torch.nn.Module, min_fraction: float, part: str) -> LoadReport:

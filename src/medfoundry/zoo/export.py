@@ -162,7 +162,7 @@ def size_rule(model: Any) -> list[int] | None:
     rule; 32 for 2D ResNets (five stride-2 stages); None (fixed) for Swin networks."""
     if model.segmenter3d is not None:
         return [int(m) for m in model.segmenter3d.size_multiple]
-    name = str((model.meta.get("backbone") or {}).get("name", ""))
+    name = model.meta.backbone_name or ""
     return None if name.startswith("swin") else [32] * len(model.input_size)
 
 

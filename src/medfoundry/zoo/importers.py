@@ -52,7 +52,8 @@ from torch import Tensor, nn
 
 from medfoundry.errors import CheckpointError
 from medfoundry.runtime import atomic_write_json
-from medfoundry.zoo.checkpoint import META_NAME, save_checkpoint
+from medfoundry.zoo.checkpoint import save_checkpoint
+from medfoundry.zoo.meta import FORMAT_VERSION, META_NAME, CheckpointMeta
 
 REPORT_NAME = "import_report.json"
 CONTAINERS = (
@@ -639,14 +640,19 @@ def import_checkpoint(
     elif conv.decoder is not None and not conv.decoder_partial:
         raise CheckpointError(f"{src.name}: no {format} decoder tensors found")
     backbone = dict(conv.encoder.config)  # type: ignore[union-attr]
-    meta = {
-        "method": importer.method,
-        "backbone": backbone,
-        "in_channels": channels,
-        **conv.metadata,
-        "imported_from": {"file": src.name, "sha256": _sha256(src), "format": format},
-        "training_data": {"source": importer.sources},
-    }
+    sha256 = _sha256(src)
+    meta = CheckpointMeta.from_json(  # the format's fields (conv.metadata) typed and checked
+        {
+            "format_version": FORMAT_VERSION,
+            "method": importer.method,
+            "backbone": backbone,
+            "in_channels": channels,
+            **conv.metadata,
+            "imported_from": {"file": src.name, "sha256": sha256, "format": format},
+            "training_data": {"source": importer.sources},
+        },
+        target / META_NAME,
+    )
     decoder_weights = None
     if dec is not None and conv.decoder is not None:
         full = conv.decoder.state_dict()
@@ -654,7 +660,7 @@ def import_checkpoint(
     report = {
         "format": format,
         "file": src.name,
-        "sha256": meta["imported_from"]["sha256"],
+        "sha256": sha256,
         "container": how["container"],
         "stripped_prefixes": how["stripped_prefixes"],
         "architecture": settings,

@@ -26,12 +26,17 @@ from safetensors.torch import load_file
 from torch import nn
 
 from medfoundry.data.preprocess3d import VolumeSettings
-from medfoundry.data.store3d_settings import checkpoint_preprocessing
 from medfoundry.errors import CheckpointError, MedfoundryError
 from medfoundry.nets.factory import create_backbone
 from medfoundry.nets.segmenters2d import create_segmenter2d, is_swin_config
 from medfoundry.nets.segmenters3d import create_segmenter3d, size_multiple_of
-from medfoundry.zoo.checkpoint import WEIGHTS_NAME, checkpoint_dir, read_metadata
+from medfoundry.zoo.meta import (
+    WEIGHTS_NAME,
+    Checkpoint,
+    CheckpointLike,
+    CheckpointMeta,
+    resolve_checkpoint,
+)
 
 __all__ = [
     "KINDS",
@@ -72,7 +77,7 @@ class TrainedSegmenter3D:
 
     network: nn.Module
     folder: Path
-    meta: dict[str, Any]
+    meta: CheckpointMeta
     settings: VolumeSettings
     roi: tuple[int, int, int]
     sliding_window: dict[str, Any]
@@ -83,7 +88,7 @@ class TrainedSegmenter3D:
     @property
     def labels(self) -> dict[int, str]:
         """Class value -> name of the classes the checkpoint records (its ``labels``)."""
-        return {int(k): str(v) for k, v in (self.meta.get("labels") or {}).items()}
+        return self.meta.label_names
 
 
 @dataclass
@@ -99,7 +104,7 @@ class LoadedModel:
     in_channels:   image channels the network takes.
     input_size:    (H, W) the 2D network runs at; the roi (D, H, W) of the 3D sliding window.
     preprocessing: 2D: the intensity ``normalization`` spec; 3D: the store's preprocessing.
-    meta:          the raw ``medfoundry.json``.
+    meta:          the checkpoint's ``CheckpointMeta``.
     tensors:       how many tensors loaded (all of the network's).
     segmenter3d:   the 3D specifics (settings, sliding window, size rule), for 3D only.
     """
@@ -111,7 +116,7 @@ class LoadedModel:
     in_channels: int
     input_size: tuple[int, ...]
     preprocessing: dict[str, Any]
-    meta: dict[str, Any]
+    meta: CheckpointMeta
     tensors: int
     segmenter3d: TrainedSegmenter3D | None = None
 
@@ -121,20 +126,15 @@ class LoadedModel:
         return 3 if self.kind == "segmentation3d" else 2
 
 
-def _spatial_dims(meta: dict[str, Any]) -> int:
-    """The spatial dims a checkpoint records (its own, else its backbone's; default 2)."""
-    return int(meta.get("spatial_dims", (meta.get("backbone") or {}).get("spatial_dims", 2)))
-
-
-def model_kind(folder: Path, meta: dict[str, Any]) -> str:
+def model_kind(folder: Path, meta: CheckpointMeta) -> str:
     """The ``KINDS`` entry of a checkpoint's metadata, or a ``CheckpointError`` saying why it is
     not a fine-tuned model."""
-    task = meta.get("task")
+    task = meta.task
     if task is None:
-        method = meta.get("method")
+        method = meta.method
         what = f" (method {method!r})" if method else ""
         raise CheckpointError(f"{folder}: {PRETRAINED_PROBLEM}{what}")
-    dims = _spatial_dims(meta)
+    dims = meta.spatial_dims
     if task == "classification" and dims == 2:
         return "classification"
     if task == "segmentation" and dims in (2, 3):
@@ -144,9 +144,9 @@ def model_kind(folder: Path, meta: dict[str, Any]) -> str:
     )
 
 
-def _require(folder: Path, meta: dict[str, Any], keys: tuple[str, ...], what: str) -> None:
-    """A ``CheckpointError`` naming the keys of ``keys`` the metadata lacks."""
-    missing = [k for k in keys if meta.get(k) is None]
+def _require(folder: Path, meta: CheckpointMeta, keys: tuple[str, ...], what: str) -> None:
+    """A ``CheckpointError`` naming the fields of ``keys`` the metadata lacks."""
+    missing = [k for k in keys if getattr(meta, k) is None]
     if missing:
         raise CheckpointError(f"{folder}: {what} metadata lacks {', '.join(missing)}")
 
@@ -188,6 +188,13 @@ def _size_2d(folder: Path, value: Any) -> tuple[int, int]:
         raise CheckpointError(f"{folder}: input_size {value!r} is not a 2D size") from e
 
 
+def _roi_3d(folder: Path, value: Any) -> tuple[int, int, int]:
+    """``input_size`` of a 3D checkpoint as (D, H, W)."""
+    if isinstance(value, tuple) and len(value) == 3:
+        return value[0], value[1], value[2]
+    raise CheckpointError(f"{folder}: input_size {value!r} is not a 3D size (D, H, W)")
+
+
 def _build(folder: Path, what: str, make: Any) -> nn.Module:
     """``make()`` with construction errors turned into a ``CheckpointError`` naming the folder."""
     try:
@@ -196,12 +203,13 @@ def _build(folder: Path, what: str, make: Any) -> nn.Module:
         raise CheckpointError(f"{folder}: cannot rebuild the {what}: {e}") from e
 
 
-def _load_classifier(folder: Path, meta: dict[str, Any], device: str | torch.device) -> LoadedModel:
+def _load_classifier(folder: Path, meta: CheckpointMeta, device: str | torch.device) -> LoadedModel:
     """A 2D classifier (backbone + linear head), strictly loaded."""
     _require(folder, meta, ("classes", "backbone", "input_size", "normalization"), "classification")
-    backbone_cfg = dict(meta["backbone"])
-    classes = tuple(str(c) for c in meta["classes"])
-    name = backbone_cfg.get("name")
+    assert meta.backbone is not None and meta.classes is not None and meta.normalization
+    backbone_cfg = meta.backbone.config
+    classes = meta.classes
+    name = meta.backbone.name
 
     def make() -> nn.Module:
         return Classifier(create_backbone(**backbone_cfg), len(classes))
@@ -213,30 +221,31 @@ def _load_classifier(folder: Path, meta: dict[str, Any], device: str | torch.dev
         kind="classification",
         folder=folder,
         names=classes,
-        in_channels=int(meta.get("in_channels", backbone_cfg.get("in_channels", 1))),
-        input_size=_size_2d(folder, meta["input_size"]),
-        preprocessing=dict(meta["normalization"]),
+        in_channels=meta.in_channels,
+        input_size=_size_2d(folder, meta.input_size),
+        preprocessing=dict(meta.normalization),
         meta=meta,
         tensors=tensors,
     )
 
 
 def _load_segmenter2d(
-    folder: Path, meta: dict[str, Any], device: str | torch.device
+    folder: Path, meta: CheckpointMeta, device: str | torch.device
 ) -> LoadedModel:
     """A 2D U-Net (ResNet-UNet or Swin-UNet), strictly loaded."""
     keys = ("structures", "backbone", "input_size", "normalization")
-    backbone_cfg = dict(meta.get("backbone") or {})
+    backbone_cfg = meta.backbone_config or {}
     swin = is_swin_config(backbone_cfg)
     _require(folder, meta, keys if swin else (*keys, "decoder_channels"), "2D segmentation")
-    names = tuple(str(s) for s in meta["structures"])  # a mapping's keys or a list, in order
-    what = f"{backbone_cfg.get('name')!r} {'Swin-UNet' if swin else 'ResNet-UNet'}"
-    if swin and meta.get("decoder") is None:
+    assert meta.structures is not None and meta.normalization is not None
+    names = tuple(meta.structures)  # in order
+    what = f"{meta.backbone_name!r} {'Swin-UNet' if swin else 'ResNet-UNet'}"
+    if swin and meta.decoder is None:
         what += " (default decoder: this checkpoint does not record its decoder config)"
 
     def make() -> nn.Module:
-        channels = meta.get("decoder_channels") or (256, 128, 64, 32, 16)
-        return create_segmenter2d(backbone_cfg, len(names), channels, meta.get("decoder"))
+        channels = list(meta.decoder_channels or (256, 128, 64, 32, 16))
+        return create_segmenter2d(backbone_cfg, len(names), channels, meta.decoder)
 
     network = _build(folder, what, make)
     tensors = _load_strict(folder, network, what)
@@ -245,49 +254,52 @@ def _load_segmenter2d(
         kind="segmentation2d",
         folder=folder,
         names=names,
-        in_channels=int(meta.get("in_channels", backbone_cfg.get("in_channels", 1))),
-        input_size=_size_2d(folder, meta["input_size"]),
-        preprocessing=dict(meta["normalization"]),
+        in_channels=meta.in_channels,
+        input_size=_size_2d(folder, meta.input_size),
+        preprocessing=dict(meta.normalization),
         meta=meta,
         tensors=tensors,
     )
 
 
-def load_segmenter3d(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedSegmenter3D:
-    """The 3D segmenter of a fine-tuning run folder (or its ``checkpoint/``), strictly loaded."""
-    folder = checkpoint_dir(run_dir)
-    meta = read_metadata(folder)
+def load_segmenter3d(
+    run_dir: CheckpointLike, device: str | torch.device = "cpu"
+) -> TrainedSegmenter3D:
+    """The 3D segmenter of a fine-tuning run folder (or its ``checkpoint/``, or a resolved
+    ``Checkpoint``), strictly loaded."""
+    checkpoint = resolve_checkpoint(run_dir)
+    folder, meta = checkpoint.folder, checkpoint.meta
     kind = model_kind(folder, meta)
     if kind != "segmentation3d":
         raise CheckpointError(
             f"{folder}: a {'2D segmentation' if kind == 'segmentation2d' else kind} model, not a "
             "3D segmentation model; medfoundry.zoo.load_model loads any kind"
         )
-    preprocessing = checkpoint_preprocessing(meta)
-    missing = [k for k in ("network", "num_classes", "input_size") if k not in meta]
+    preprocessing = meta.store_preprocessing
+    missing = [k for k in ("network", "num_classes", "input_size") if getattr(meta, k) is None]
     if preprocessing is None or missing:
         what = ", ".join(missing + ([] if preprocessing else ["normalization (store)"]))
         raise CheckpointError(f"{folder}: 3D segmentation metadata lacks {what}")
-    name, options = str(meta["network"]), dict(meta.get("network_options") or {})
+    assert meta.network is not None and meta.num_classes is not None
+    name, options = meta.network, dict(meta.network_options or {})
+    num_classes = meta.num_classes
     network = _build(
         folder,
         f"network {name!r}",
-        lambda: create_segmenter3d(
-            name, int(meta.get("in_channels", 1)), int(meta["num_classes"]), **options
-        ),
+        lambda: create_segmenter3d(name, meta.in_channels, num_classes, **options),
     )
     settings = _build(
         folder, "preprocessing", lambda: VolumeSettings.from_preprocessing(preprocessing)
     )
     tensors = _load_strict(folder, network, f"{name!r} network")
-    sw = dict(meta.get("sliding_window") or {})
-    roi = tuple(int(v) for v in meta["input_size"])
+    sw = dict(meta.sliding_window or {})
+    roi = _roi_3d(folder, meta.input_size)
     return TrainedSegmenter3D(
         network=network.to(device).eval(),
         folder=folder,
         meta=meta,
         settings=settings,
-        roi=(roi[0], roi[1], roi[2]),
+        roi=roi,
         sliding_window={
             "overlap": float(sw.get("overlap", 0.5)),
             "sw_batch_size": int(sw.get("sw_batch_size", 4)),
@@ -308,23 +320,23 @@ def from_segmenter3d(model: TrainedSegmenter3D) -> LoadedModel:
         kind="segmentation3d",
         folder=model.folder,
         names=names,
-        in_channels=int(model.meta.get("in_channels", 1)),
+        in_channels=model.meta.in_channels,
         input_size=model.roi,
-        preprocessing=dict(checkpoint_preprocessing(model.meta) or {}),
+        preprocessing=dict(model.meta.store_preprocessing or {}),
         meta=model.meta,
         tensors=model.tensors,
         segmenter3d=model,
     )
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """The fine-tuned model of a run folder (or its ``checkpoint/``), strictly loaded (rules:
-    module doc)."""
-    folder = checkpoint_dir(path)
-    meta = read_metadata(folder)
+def load_model(path: CheckpointLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """The fine-tuned model of a run folder (or its ``checkpoint/``, or a resolved
+    ``Checkpoint``), strictly loaded (rules: module doc)."""
+    checkpoint: Checkpoint = resolve_checkpoint(path)
+    folder, meta = checkpoint.folder, checkpoint.meta
     kind = model_kind(folder, meta)
     if kind == "classification":
         return _load_classifier(folder, meta, device)
     if kind == "segmentation2d":
         return _load_segmenter2d(folder, meta, device)
-    return from_segmenter3d(load_segmenter3d(folder, device))
+    return from_segmenter3d(load_segmenter3d(checkpoint, device))
