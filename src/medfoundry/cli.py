@@ -15,6 +15,10 @@ from medfoundry.config import apply_overrides, load_config, set_dotted
 from medfoundry.errors import MedfoundryError
 
 # flag dest -> config key, for pretrain
+# `medfoundry.zoo.importers.FORMATS`' names, spelled out so building the parser imports no torch
+# (a test keeps the two equal)
+IMPORT_FORMATS = ["adam_v1", "misfm", "vis_mae", "voco"]
+
 PRETRAIN_FLAGS = {
     "backbone": "backbone.name",
     "width": "backbone.width",
@@ -410,15 +414,13 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def _add_import(sub: argparse._SubParsersAction) -> None:
     """The `import` subcommand: flags map to `medfoundry.zoo.import_checkpoint` arguments."""
-    from medfoundry.zoo.importers import FORMATS
-
     p = sub.add_parser(
         "import",
         help="convert a seed project's published weights into a medfoundry checkpoint",
         description="Writes <out>/checkpoint/ (usable as --pretrained) and "
         "<out>/import_report.json (rules: medfoundry.zoo.importers).",
     )
-    p.add_argument("--format", required=True, choices=sorted(FORMATS), help="published format")
+    p.add_argument("--format", required=True, choices=IMPORT_FORMATS, help="published format")
     p.add_argument("src", type=Path, help="the published file (.pth/.pt/.safetensors)")
     p.add_argument("--out", required=True, type=Path, help="run folder to create")
     p.add_argument("--in-channels", type=int, default=None, help="input channels (default: file's)")

@@ -414,3 +414,16 @@ def test_cli_import_writes_the_checkpoint_and_refuses_with_exit_2(tmp_path, caps
     assert main(["import", "--format", "misfm", str(tmp_path / "pct.pt"), "--out",
                  str(tmp_path / "other")]) == 2  # fmt: skip
     assert "not a misfm encoder" in capsys.readouterr().err
+
+
+def test_cli_format_names_match_the_registry_and_the_parser_imports_no_torch():
+    import subprocess
+    import sys
+
+    from medfoundry.cli import IMPORT_FORMATS
+    from medfoundry.zoo.importers import FORMATS
+
+    assert IMPORT_FORMATS == sorted(FORMATS)
+    code = "import sys, medfoundry.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -25,6 +25,27 @@ from medfoundry.zoo import (
 from medfoundry.zoo.meta import AXIS_ORDER_2D
 
 
+def _finetuned_meta_2d(
+    backbone_cfg: dict[str, Any],
+    size: int,
+    norm: dict[str, Any],
+    pretrained: Any,
+    **task_fields: Any,
+) -> CheckpointMeta:
+    """The metadata every 2D fine-tuned checkpoint records, plus its task's own fields."""
+    return CheckpointMeta(
+        backbone=BackboneSpec.from_config(backbone_cfg),
+        input_size=size,
+        in_channels=int(backbone_cfg["in_channels"]),
+        spatial_dims=2,
+        axis_order=AXIS_ORDER_2D,
+        normalization=norm,
+        method="finetune",
+        pretrained_from=str(pretrained),
+        **task_fields,
+    )
+
+
 def backbone_setup(
     pretrained: CheckpointLike | None, cfg: dict[str, Any]
 ) -> tuple[dict[str, Any], int, dict[str, Any]]:
@@ -126,17 +147,8 @@ def finetune_classification(
         sx, sy = load(test_items)
         metrics["test"] = evaluate_classifier(model, sx, sy)
         print(f"test: {metrics['test']}")
-    meta = CheckpointMeta(
-        task="classification",
-        classes=tuple(classes),
-        backbone=BackboneSpec.from_config(backbone_cfg),
-        input_size=size,
-        in_channels=int(backbone_cfg["in_channels"]),
-        spatial_dims=2,
-        axis_order=AXIS_ORDER_2D,
-        normalization=norm,
-        method="finetune",
-        pretrained_from=str(pretrained),
+    meta = _finetuned_meta_2d(
+        backbone_cfg, size, norm, pretrained, task="classification", classes=tuple(classes)
     )
     state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
     state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
@@ -227,18 +239,14 @@ def finetune_segmentation(
         metrics["test_dice"] = {name: mean_sd(dice[:, k].tolist()) for k, name in enumerate(groups)}
         print(f"test Dice (mean, sd): {metrics['test_dice']}")
     decoder_cfg = (getattr(model, "config", None) or {}).get("decoder")
-    meta = CheckpointMeta(
+    meta = _finetuned_meta_2d(
+        backbone_cfg,
+        size,
+        norm,
+        pretrained,
         task="segmentation",
         structures={k: list(v) for k, v in groups.items()},
-        backbone=BackboneSpec.from_config(backbone_cfg),
-        input_size=size,
-        in_channels=int(backbone_cfg["in_channels"]),
-        spatial_dims=2,
-        axis_order=AXIS_ORDER_2D,
-        normalization=norm,
         decoder_channels=tuple(int(c) for c in cfg["decoder_channels"]),
-        method="finetune",
-        pretrained_from=str(pretrained),
         # a Swin-UNet: its decoder is rebuilt from this (load_model)
         decoder=None if decoder_cfg is None else dict(decoder_cfg),
     )

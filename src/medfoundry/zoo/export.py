@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from medfoundry.errors import MedfoundryError
+from medfoundry.nets.segmenters2d import is_swin_config
 
 EXTRA_HINT = "ONNX export needs the optional extra: pip install 'medfoundry[export]'"
 
@@ -162,8 +163,8 @@ def size_rule(model: Any) -> list[int] | None:
     rule; 32 for 2D ResNets (five stride-2 stages); None (fixed) for Swin networks."""
     if model.segmenter3d is not None:
         return [int(m) for m in model.segmenter3d.size_multiple]
-    name = model.meta.backbone_name or ""
-    return None if name.startswith("swin") else [32] * len(model.input_size)
+    swin = is_swin_config(model.meta.backbone_config or {})
+    return None if swin else [32] * len(model.input_size)
 
 
 def export_model(model_path: str | Path, out: str | Path | None = None) -> ExportReport:
