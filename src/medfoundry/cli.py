@@ -49,7 +49,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         required=True,
-        choices=["adam", "moco", "mae", "volume_fusion", "voco"],
+        choices=["adam", "adam_v2", "moco", "mae", "volume_fusion", "voco"],
         help="SSL method (config key: method)",
     )
     p.add_argument(
@@ -161,6 +161,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     _add_kermany_label_efficiency(bsub)
     _add_hippocampus_fewshot(bsub)
+    _add_eve_benchmark(bsub)
     m = bsub.add_parser(
         "merge",
         help="merge arms run as separate processes (same command and config, own --out) into "
@@ -246,6 +247,33 @@ def _add_hippocampus_fewshot(bsub: argparse._SubParsersAction) -> None:
     h.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key"
     )
+
+
+def _add_eve_benchmark(bsub: argparse._SubParsersAction) -> None:
+    """The `benchmark eve` subcommand: flags map to config keys."""
+    e = bsub.add_parser(
+        "eve",
+        help="Eve on JSRT landmarks: matching across patients, locality (kNN), compositionality",
+        description="For every checkpoint and a random initialisation of each network, on the "
+        "test folder only: landmark matching error (px), kNN accuracy of the landmark name and "
+        "cosine of a whole's Eve with its parts' mean; writes results.json, results.md, "
+        "results.png and a t-SNE map per arm; a rerun resumes (protocol: "
+        "medfoundry.evaluate.eve, docs/eve.md).",
+    )
+    e.add_argument(
+        "--train-data",
+        required=True,
+        type=Path,
+        help="JSRT-layout folder: reference images and the kNN memory",
+    )
+    e.add_argument("--test-data", required=True, type=Path, help="JSRT-layout test folder")
+    e.add_argument("--pretrained", nargs="+", required=True, help="2D run folder(s)/checkpoint(s)")
+    e.add_argument("--out", required=True, type=Path)
+    e.add_argument("--config", default="eve", help="preset name or YAML (eve; eve_cpu for CPU)")
+    e.add_argument("--crop-size", type=int, help="[crop_size] landmark crop side in pixels")
+    e.add_argument("--stride", type=int, help="[stride] dense matching grid step in pixels")
+    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -452,6 +480,87 @@ def cmd_import(args: argparse.Namespace) -> None:
     print(f"checkpoint: {args.out / 'checkpoint'}")
 
 
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    """The `embed` subcommand: flags map to `medfoundry.tasks.embed.embed` arguments."""
+    p = sub.add_parser(
+        "embed",
+        help="Eve: embeddings of whole images, grids of crops or crops at points, with maps",
+        description="Eve (Eden's embedding) of a crop is the pooled backbone vector of the crop "
+        "resized to the model's input size. Writes embeddings.npz and index.csv (image, box, "
+        "scale, label per crop), map.png (PCA, and t-SNE with the medfoundry[eve] extra) and, "
+        "with --similarity, similarity.png/.npz (rules: medfoundry.tasks.embed).",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="pretrained run folder or checkpoint; 'random:RUN' for random weights of RUN's network",
+    )
+    p.add_argument("--input", required=True, nargs="+", type=Path, help="image files or folders")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--grid", type=int, default=1, help="crops per side at each scale (default 1)")
+    p.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="crop sides as fractions of the image's shorter side (default 1 = whole images)",
+    )
+    p.add_argument(
+        "--points", type=Path, help="CSV with columns image, x, y, size (and name): one crop each"
+    )
+    p.add_argument(
+        "--similarity",
+        nargs=3,
+        metavar=("IMAGE", "X", "Y"),
+        help="also map the cosine of this point's Eve over dense crops of every input image",
+    )
+    p.add_argument("--crop-size", type=float, help="[similarity] crop side in pixels (default ¼)")
+    p.add_argument("--stride", type=float, help="[similarity] crop step in pixels (default ¼ crop)")
+    p.add_argument("--batch-size", type=int, default=256, help="crops per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights ('random:')")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished output folder")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    """Embed the inputs and print a one-line summary."""
+    from medfoundry.tasks.embed import embed
+
+    model, like = args.model, None
+    if str(model).startswith("random:"):
+        model, like = None, str(args.model)[len("random:") :]
+    similarity = None
+    if args.similarity:
+        image, x, y = args.similarity
+        try:
+            similarity = (Path(image), float(x), float(y))
+        except ValueError as exc:
+            raise MedfoundryError(f"--similarity {image} {x} {y}: X and Y must be numbers") from exc
+    if args.grid < 1 or args.batch_size < 1:
+        raise MedfoundryError("--grid and --batch-size must be at least 1")
+    summary = embed(
+        model,
+        args.input,
+        args.out,
+        grid=args.grid,
+        scales=args.scales,
+        points=args.points,
+        similarity=similarity,
+        crop_size=args.crop_size,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        random_like=like,
+    )
+    extra = ", similarity.png" if "similarity" in summary else ""
+    print(
+        f"embed: {args.out} ({summary['crops']} crops of {summary['images']} images, "
+        f"{summary['dim']}-d, {summary['model']}; embeddings.npz, index.csv, map.png{extra})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medfoundry", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -464,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_export(sub)
     _add_import(sub)
+    _add_embed(sub)
     return parser
 
 
@@ -536,6 +646,9 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     if args.benchmark == "hippocampus-fewshot":
         cmd_hippocampus_fewshot(args)
         return
+    if args.benchmark == "eve":
+        cmd_eve_benchmark(args)
+        return
     from medfoundry.evaluate.jsrt_fewshot import run_jsrt_fewshot
 
     cfg = load_config(args.config)
@@ -586,6 +699,27 @@ def cmd_hippocampus_fewshot(args: argparse.Namespace) -> None:
     pretrained = [None if p.lower() == "none" else p for p in args.pretrained]
     run_hippocampus_fewshot(
         args.train_data, args.test_data, pretrained, args.out, cfg, progress=not args.no_progress
+    )
+    print(f"results: {args.out / 'results.md'}")
+
+
+def cmd_eve_benchmark(args: argparse.Namespace) -> None:
+    """Run (or resume) the Eve benchmark into --out."""
+    from medfoundry.evaluate.eve import run_eve_benchmark
+
+    cfg = load_config(args.config)
+    for dest in ("crop_size", "stride"):
+        value = getattr(args, dest)
+        if value is not None:
+            set_dotted(cfg, dest, value)
+    cfg = apply_overrides(cfg, args.set)
+    run_eve_benchmark(
+        args.train_data,
+        args.test_data,
+        args.pretrained,
+        args.out,
+        cfg,
+        progress=not args.no_progress,
     )
     print(f"results: {args.out / 'results.md'}")
 
@@ -683,6 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         "predict": cmd_predict,
         "export": cmd_export,
         "import": cmd_import,
+        "embed": cmd_embed,
     }
     try:
         handlers[args.command](args)

@@ -49,6 +49,10 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
         read_metadata(tmp_path)
     save_checkpoint(tmp_path / "ck", _tiny().state_dict(), {"method": "adam"})
     (tmp_path / "ck" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="model.safetensors: checksum mismatch"):
+        load_backbone(tmp_path / "ck", _tiny())
+    meta = tmp_path / "ck" / "medfoundry.json"  # without a recorded checksum: unreadable
+    meta.write_text(meta.read_text().replace('"checksums"', '"old_checksums"'))
     with pytest.raises(CheckpointError, match="unreadable"):
         load_backbone(tmp_path / "ck", _tiny())
 

@@ -145,6 +145,9 @@ def test_a_pretrained_backbone_is_not_a_model(tmp_path):
 def test_weights_that_do_not_fit_name_the_folder(tmp_path):
     _classifier_run(tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoint"
+    meta = json.loads((ckpt / "medfoundry.json").read_text())
+    del meta["checksums"]  # weights rewritten below: unverifiable, as in an older checkpoint
+    (ckpt / "medfoundry.json").write_text(json.dumps(meta))
     weights = load_file(str(ckpt / "model.safetensors"))
     head = weights.pop("head.bias")
     save_file(weights, str(ckpt / "model.safetensors"))
@@ -176,6 +179,9 @@ def test_incomplete_or_unknown_metadata_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="unknown model .task 'detection'"):
         load_model(tmp_path / "run")
     path.write_text(json.dumps({**meta, "backbone": {**BACKBONE, "name": "resnet999"}}))
+    with pytest.raises(CheckpointError, match="'backbone': unknown backbone name 'resnet999'"):
+        load_model(tmp_path / "run")  # the reader names it, before any network is built
+    path.write_text(json.dumps({**meta, "decoder_channels": [8, 8]}))
     with pytest.raises(CheckpointError, match="cannot rebuild"):
         load_model(tmp_path / "run")
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "x.png")

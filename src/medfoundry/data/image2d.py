@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +46,55 @@ def load_2d(
     size: int | tuple[int, int],
     channels: int = 1,
     normalization: dict[str, Any] | None = None,
+    constant: list[Path] | None = None,
 ) -> torch.Tensor:
     """Read a 2D image file into a normalised float32 tensor (channels, H, W)."""
+    return load_2d_sized(path, size, channels, normalization, constant)[0]
+
+
+def is_constant(array: np.ndarray) -> bool:
+    """Whether every pixel of ``array`` is equal (two reductions, no copy)."""
+    return bool(array.size) and bool(array.max() == array.min())
+
+
+def warn_constant(paths: Sequence[str | Path]) -> None:
+    """One warning naming the constant images among the inputs (accepted: they train nothing,
+    but a folder of them is a sign of a bad export or the wrong folder)."""
+    if not paths:
+        return
+    shown = ", ".join(str(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+    kind = "a constant image" if len(paths) == 1 else f"{len(paths)} constant images"
+    warnings.warn(
+        f"{shown}: {kind} (every pixel equal: nothing to learn from); check the export",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def load_2d_sized(
+    path: str | Path,
+    size: int | tuple[int, int],
+    channels: int = 1,
+    normalization: dict[str, Any] | None = None,
+    constant: list[Path] | None = None,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``load_2d`` and the image's stored (H, W), for callers that work in stored pixels.
+
+    A constant image (every pixel equal) is accepted with a warning naming it; a caller
+    loading many passes ``constant`` to collect them and warns once (``warn_constant``)."""
     image = read_image(path, ndim=2)
     array = image.array
     if array.ndim != 3:
         raise InputError(path, f"expected a 2D image, got an array of shape {array.shape[1:]}")
     if not np.isfinite(array).all():
         raise InputError(path, "contains NaN or infinite intensities")
+    if is_constant(array):
+        if constant is None:
+            warn_constant([Path(path)])
+        else:
+            constant.append(Path(path))
+    stored = (int(array.shape[-2]), int(array.shape[-1]))
     array = to_channels(array, channels, path)
     array = resize_2d(array, size)
     array = normalize(array, normalization or XRAY_NORMALIZATION)
-    return torch.from_numpy(np.ascontiguousarray(array))
+    return torch.from_numpy(np.ascontiguousarray(array)), stored

@@ -35,13 +35,30 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _uid_like(path: Path) -> bool:
+    """No extension, or a numeric "suffix" (named by a DICOM UID: ``CT.1.3.12.2.16573``)."""
+    return not path.name.startswith(".") and (path.suffix == "" or path.suffix[1:].isdigit())
+
+
 def _is_image_file(path: Path) -> bool:
-    """By extension; a file without one, or named by a DICOM UID (``CT.1.3.12.2.16573``: a
-    numeric "suffix"), counts when it is DICOM (scanner exports often are)."""
+    """By extension; a file without one, or named by a DICOM UID, counts when it is DICOM
+    (scanner exports often are)."""
     if _is_image_name(path.name):
         return True
-    uid_like = path.suffix == "" or path.suffix[1:].isdigit()
-    return not path.name.startswith(".") and uid_like and has_dicom_preamble(path)
+    return _uid_like(path) and has_dicom_preamble(path)
+
+
+def _with_empty_dicom_siblings(found: list[Path], folder: Path, names: list[str]) -> list[Path]:
+    """``found`` plus the empty (0-byte) files named like its extensionless DICOM files: a
+    damaged export, reported by the reader (naming the file) instead of skipped silently."""
+    if not any(_uid_like(p) for p in found):
+        return found
+    empty = [
+        folder / n
+        for n in names
+        if _uid_like(folder / n) and (folder / n).is_file() and (folder / n).stat().st_size == 0
+    ]
+    return found + [p for p in empty if p not in found]
 
 
 def _no_images(folder: str | Path, why: str = "") -> InputError:
@@ -66,9 +83,11 @@ def scan_images(folder: str | Path, recursive: bool = True) -> list[Path]:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             base = Path(dirpath)
-            found.extend(base / f for f in filenames if _is_image_file(base / f))
+            here = [base / f for f in filenames if _is_image_file(base / f)]
+            found.extend(_with_empty_dicom_siblings(here, base, filenames))
     else:
-        found = [p for p in root.iterdir() if p.is_file() and _is_image_file(p)]
+        here = [p for p in root.iterdir() if p.is_file() and _is_image_file(p)]
+        found = _with_empty_dicom_siblings(here, root, [p.name for p in root.iterdir()])
     found = sorted(p for p in found if p.is_file())
     if not found:
         raise _no_images(folder)

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from medfoundry.data.image2d import load_2d
+from medfoundry.data.image2d import load_2d, warn_constant
 from medfoundry.data.manifest import scan_images
 from medfoundry.errors import InputError
 
@@ -40,13 +40,18 @@ def load_images(
     """Decode, check and normalise every image into one (N, C, size, size) float tensor.
 
     Every file is read before training starts, so a bad file stops the run with its name
-    before any checkpoint is written.
+    before any checkpoint is written; constant images are accepted with one warning naming
+    them.
     """
     if not paths:
         raise InputError(None, "no images to load")
     out = torch.empty((len(paths), channels, size, size), dtype=torch.float32)
+    constant: list[Path] = []
     for i, path in enumerate(tqdm(paths, desc=desc, disable=not progress, leave=False)):
-        out[i] = load_2d(path, size, channels=channels, normalization=normalization)
+        out[i] = load_2d(
+            path, size, channels=channels, normalization=normalization, constant=constant
+        )
+    warn_constant(constant)
     return out
 
 

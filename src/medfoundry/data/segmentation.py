@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medfoundry.data.image2d import resize_2d, to_channels
+from medfoundry.data.image2d import is_constant, resize_2d, to_channels, warn_constant
 from medfoundry.data.normalize import XRAY_NORMALIZATION, normalize
 from medfoundry.errors import InputError
 from medfoundry.io import read_image
@@ -51,6 +51,22 @@ def structure_groups(
     return {s: STRUCTURE_GROUPS.get(s, (s,)) for s in structures}
 
 
+def check_binary_mask(mask: np.ndarray, path: Any) -> None:
+    """Raise an ``InputError`` naming ``path`` unless ``mask`` holds 0 (background) and at most
+    one other value (the foreground, e.g. 1 or 255): a grayscale image or a lossy (JPEG) mask
+    given as a mask would otherwise count every non-zero pixel as foreground."""
+    top = mask.max() if mask.size else 0
+    if ((mask == 0) | (mask == top)).all():  # O(n), no sort: the usual case
+        return
+    values = np.unique(mask)
+    shown = ", ".join(f"{v:g}" for v in values[:6].tolist()) + (", ..." if len(values) > 6 else "")
+    raise InputError(
+        path,
+        f"not a binary mask (found {len(values)} distinct values, e.g. {shown}); a mask holds "
+        "0 for background and one foreground value (e.g. 255), saved losslessly (PNG, not JPEG)",
+    )
+
+
 def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize a binary (H, W) mask: area-average + threshold 0.5 when shrinking, else nearest."""
     if mask.shape == size:
@@ -73,8 +89,9 @@ def load_segmentation_set(
     """Read images and masks into (N, C, S, S) float32 images and (N, K, S, S) uint8 masks.
 
     Each item has `.image` and `.masks` (structure -> mask path), as returned by
-    `medfoundry.data.manifest.scan_segmentation_folder`. A mask is foreground where its value
-    is > 0, a group's masks are united, and every mask must have its image's height and width.
+    `medfoundry.data.manifest.scan_segmentation_folder`. A mask must be binary (0 and one
+    foreground value, `check_binary_mask`) and is foreground where its value is > 0; a group's
+    masks are united, and every mask must have its image's height and width.
     Images are normalised with `normalization` (X-ray default) and resized bilinearly (with
     antialiasing); masks are resized by area averaging + threshold 0.5.
     """
@@ -84,6 +101,7 @@ def load_segmentation_set(
     n = len(items)
     images = torch.empty((n, channels, *hw), dtype=torch.float32)
     masks = torch.zeros((n, len(groups), *hw), dtype=torch.uint8)
+    constant = []
     for i, item in enumerate(items):
         image = read_image(item.image, ndim=2)
         array = image.array
@@ -91,6 +109,8 @@ def load_segmentation_set(
             raise InputError(item.image, f"expected a 2D image, got shape {array.shape[1:]}")
         if not np.isfinite(array).all():
             raise InputError(item.image, "contains NaN or infinite intensities")
+        if is_constant(array):
+            constant.append(item.image)
         image_hw = tuple(int(s) for s in array.shape[1:])
         array = resize_2d(to_channels(array, channels, item.image), hw)
         images[i] = torch.from_numpy(np.ascontiguousarray(normalize(array, spec)))
@@ -111,8 +131,10 @@ def load_segmentation_set(
                         f"mask shape {tuple(m.shape[1:])} differs from its image "
                         f"{item.image} shape {image_hw}",
                     )
+                check_binary_mask(m, path)
                 union |= (m > 0).any(axis=0)
             masks[i, k] = torch.from_numpy(_resize_mask(union, hw))
+    warn_constant(constant)
     return images, masks
 
 

@@ -17,6 +17,7 @@ from medfoundry.data.normalize import XRAY_NORMALIZATION
 from medfoundry.errors import MedfoundryError
 from medfoundry.nets import create_backbone
 from medfoundry.zoo import Checkpoint, CheckpointMeta, load_backbone, resolve_checkpoint
+from medfoundry.zoo.meta import require_2d_backbone
 
 
 def checkpoint_label(path: Path) -> str:
@@ -93,8 +94,7 @@ def resolve_arms(
             continue
         resolved = resolve_checkpoint(p)
         meta = resolved.meta
-        if meta.backbone is None:
-            raise MedfoundryError(f"{p}: checkpoint metadata has no 'backbone' entry")
+        backbone, side = require_2d_backbone(resolved, benchmark)
         name = checkpoint_arm_name(meta, p, names)
         arms.append(
             {
@@ -102,10 +102,8 @@ def resolve_arms(
                 "checkpoint": str(p),
                 "resolved": resolved,
                 "method": meta.method,
-                "backbone": arm_backbone(meta.backbone.config),
-                "image_size": int(
-                    config["image_size"] or meta.input_size or config["default_image_size"]  # type: ignore[arg-type]
-                ),
+                "backbone": arm_backbone(backbone.config),
+                "image_size": int(config["image_size"] or side or config["default_image_size"]),
                 "normalization": meta.normalization
                 or config["normalization"]
                 or XRAY_NORMALIZATION,

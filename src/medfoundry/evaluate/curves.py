@@ -4,7 +4,9 @@ One look at `curves.png` tells whether a run learned. A falling loss alone does 
 Adam/MoCo within-batch retrieval should rise far above chance, the spread stay well above 0 and
 the mean-embedding length well below 1, the newest and oldest negatives look alike (no
 key-freshness shortcut) and the pruned fraction stay far from 1; with a probe set, the frozen
-kNN / linear AUC should rise (docs/representation.md); for VoCo the overlap error should fall below a constant guess's; for Volume Fusion
+kNN / linear AUC should rise (docs/representation.md); for Adam-v2 the teacher's per-image
+target entropy should stay well below 1 and the entropy of its batch mean well above 0 (DINO's
+two collapses); for VoCo the overlap error should fall below a constant guess's; for Volume Fusion
 the voxel accuracy should rise.
 """
 
@@ -27,6 +29,11 @@ class Panel(NamedTuple):
     ylim: tuple[float, float] | None = None
 
 
+RETRIEVAL_PANEL = Panel(
+    "within-batch retrieval top-1 (dots: validation)",
+    (("train/retrieval_step", "-"), ("val/retrieval", "o-")),
+    (-0.02, 1.02),
+)
 # Per method, recognised by a metric only it logs; the first panel is always the loss.
 CONTRASTIVE_PANELS = (
     Panel(
@@ -39,11 +46,7 @@ CONTRASTIVE_PANELS = (
         (("train/neg_new_step", "-"), ("train/neg_old_step", "--")),
         (-1.05, 1.05),
     ),
-    Panel(
-        "within-batch retrieval top-1 (dots: validation)",
-        (("train/retrieval_step", "-"), ("val/retrieval", "o-")),
-        (-0.02, 1.02),
-    ),
+    RETRIEVAL_PANEL,
     Panel("pruned fraction of negatives", (("train/pruned_fraction_step", "-"),), (-0.02, 1.02)),
 )
 # Panels any method gets when it logs their series: collapse signals and the online probe.
@@ -60,6 +63,22 @@ SIGNAL_PANELS = (
 )
 METHOD_PANELS: dict[str, tuple[str, tuple[Panel, ...], str]] = {
     # marker metric -> (method, panels after the loss, loss title)
+    "train/teacher_entropy_step": (
+        "adam_v2",
+        (
+            Panel(
+                "composability (solid), decomposability (dashed): MSE",
+                (("train/loss_c_step", "-"), ("train/loss_d_step", "--")),
+            ),
+            RETRIEVAL_PANEL,
+            Panel(
+                "teacher entropy / log K: per image (solid), batch mean (dashed)",
+                (("train/teacher_entropy_step", "-"), ("train/teacher_batch_entropy_step", "--")),
+                (-0.02, 1.02),
+            ),
+        ),
+        "loss L + C + D, about L (dots: validation)",
+    ),
     "train/visible_mse_step": (
         "mae",
         (Panel("MSE on visible pixels", (("train/visible_mse_step", "-"),)),),

@@ -72,6 +72,11 @@ def normalize_modality(value: Any) -> str:
 
 def _read_dataset(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
     try:
+        if path.stat().st_size == 0:
+            raise InputError(path, "empty file (0 bytes): a damaged or incompletely copied DICOM")
+    except OSError as e:
+        raise InputError(path, f"cannot open file: {e.strerror or e}") from e
+    try:
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as e:
         if path.suffix.lower() not in DICOM_EXTENSIONS:

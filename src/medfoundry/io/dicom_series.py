@@ -5,6 +5,10 @@ Rules:
 - The files are those directly in the folder that are DICOM (``.dcm``/``.dicom`` suffix, or the
   ``DICM`` preamble); hidden files and ``DICOMDIR`` are skipped. All must share one
   SeriesInstanceUID (an empty UID counts as one value), else an ``InputError`` naming the folder.
+- **Damaged slices**: a file beside the slices that looks like one of them (their suffix, none,
+  or a DICOM-UID name such as ``1.2.840.5``) but is not DICOM (zero bytes, no ``DICM`` header:
+  an interrupted copy) is an ``InputError`` naming that file, never dropped silently; so is a
+  slice that does not decode (truncated), before the slices are compared with each other.
 - Each slice is decoded by ``dataset_to_image`` (``medfoundry.io.dicom``): its own Rescale
   Slope/Intercept is applied, so CT comes out in HU; a CT slice without them is an error.
 - Slices are sorted by ImagePositionPatient projected on the slice normal (row x column
@@ -20,6 +24,7 @@ Rules:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,9 +56,46 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def dicom_files_in(folder: str | Path) -> list[Path]:
-    """Sorted DICOM files directly inside ``folder`` (not recursive)."""
+    """Sorted DICOM files directly inside ``folder`` (not recursive); a damaged slice beside
+    them is an ``InputError`` naming it (``check_damaged_slices``)."""
     root = Path(folder)
-    return sorted(p for p in root.iterdir() if is_dicom_file(p))
+    files = sorted(p for p in root.iterdir() if is_dicom_file(p))
+    if files:
+        check_damaged_slices(root, files)
+    return files
+
+
+_UID_NAME = re.compile(r"\d+(\.\d+)+")  # a file named by its SOP Instance UID
+
+
+def _looks_like_slice(path: Path, suffixes: set[str]) -> bool:
+    """A visible file named like the series' slices: their suffix, or a DICOM-UID name."""
+    name = path.name
+    if name.startswith(".") or name.upper() == "DICOMDIR" or not path.is_file():
+        return False
+    return path.suffix.lower() in suffixes or bool(_UID_NAME.fullmatch(name))
+
+
+def check_damaged_slices(folder: Path, files: Sequence[Path]) -> None:
+    """Raise an ``InputError`` naming the first file in ``folder`` that is named like the DICOM
+    ``files`` but is not DICOM itself (zero bytes, or no ``DICM`` header): a damaged slice
+    would otherwise be left out, leaving a gap (or a shorter volume) without a word."""
+    known = set(files)
+    suffixes = {f.suffix.lower() for f in files}
+    for path in sorted(folder.iterdir()):
+        if path in known or not _looks_like_slice(path, suffixes) or is_dicom_file(path):
+            continue
+        size = path.stat().st_size
+        what = (
+            "empty file (0 bytes)"
+            if size == 0
+            else f"not a DICOM file ({size} bytes, no DICM header)"
+        )
+        raise InputError(
+            path,
+            f"{what} among the {len(files)} slices of the DICOM series in {folder}: a damaged "
+            "or incompletely copied slice; copy it again or remove it",
+        )
 
 
 def _floats(ds: pydicom.Dataset, keyword: str, n: int, path: Path) -> np.ndarray:
@@ -149,8 +191,12 @@ def read_dicom_series(source: str | Path | Sequence[str | Path]) -> ImageData:
         if not files:
             raise InputError(None, "no DICOM files given")
         folder = _common_folder(files)
+        for parent in sorted({f.parent for f in files}):
+            check_damaged_slices(parent, [f for f in files if f.parent == parent])
 
     datasets = [read_dicom_dataset(f) for f in files]
+    # decode first: a truncated slice is an error naming it, not a "mixed series" of its folder
+    slices = [dataset_to_image(ds, f) for ds, f in zip(datasets, files, strict=True)]
     uids = sorted({str(ds.get("SeriesInstanceUID") or "") for ds in datasets})
     if len(uids) > 1:
         shown = ", ".join(u or "(empty)" for u in uids[:3]) + (", ..." if len(uids) > 3 else "")
@@ -159,7 +205,6 @@ def read_dicom_series(source: str | Path | Sequence[str | Path]) -> ImageData:
             f"mixed DICOM series: {len(uids)} different SeriesInstanceUIDs ({shown}); "
             "expected one series per folder",
         )
-    slices = [dataset_to_image(ds, f) for ds, f in zip(datasets, files, strict=True)]
     for image, f in zip(slices, files, strict=True):
         if image.channels != 1:
             raise InputError(f, f"{image.channels}-channel slice; a volume needs grayscale slices")

@@ -29,6 +29,52 @@ def _sitk() -> Any:
     return SimpleITK
 
 
+_DATA_FILE_KEYS = {".mhd": "elementdatafile", ".nhdr": "data file", ".nrrd": "data file"}
+
+
+def detached_data_file(header: Path) -> Path | None:
+    """The data file a detached header (``.mhd``'s ElementDataFile, ``.nhdr``'s ``data file``)
+    names, or None (data in the header file, or several files)."""
+    key = _DATA_FILE_KEYS.get(header.suffix.lower())
+    if key is None:
+        return None
+    try:
+        lines = header.read_bytes()[:65536].decode("latin-1").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        name, sep, value = line.partition(":" if key == "data file" else "=")
+        if sep and name.strip().lower() in (key, "datafile"):
+            value = value.strip()
+            if value.upper() in ("LOCAL", "LIST") or " " in value or not value:
+                return None
+            return header.parent / value
+    return None
+
+
+def _header_reads(p: Path) -> bool:
+    """Whether SimpleITK reads the header (size, type) of ``p``, data aside."""
+    reader = _sitk().ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except Exception:
+        return False
+    return True
+
+
+def _unreadable(p: Path, e: Exception) -> InputError:
+    """The error of a file SimpleITK cannot read, naming a detached header's data file when
+    that is what is missing or damaged (ITK itself names neither)."""
+    data = detached_data_file(p)
+    if data is not None and not data.is_file():
+        return InputError(data, f"data file of {p.name} not found")
+    if data is not None and _header_reads(p):
+        size = data.stat().st_size
+        return InputError(data, f"data file of {p.name} is damaged or truncated ({size} bytes)")
+    return InputError(p, f"not a readable volume file: {str(e).strip().splitlines()[-1]}")
+
+
 def read_itk(path: str | Path, modality: str = "unknown") -> ImageData:
     """Read an NRRD/MHA/MHD file into ``ImageData`` ((1, D, H, W) for 3D, (1, H, W) for 2D)."""
     p = Path(path)
@@ -36,7 +82,7 @@ def read_itk(path: str | Path, modality: str = "unknown") -> ImageData:
     try:
         img = sitk.ReadImage(str(p))
     except Exception as e:
-        raise InputError(p, f"not a readable volume file: {str(e).strip().splitlines()[-1]}") from e
+        raise _unreadable(p, e) from e
     dim = img.GetDimension()
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(

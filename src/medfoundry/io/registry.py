@@ -68,6 +68,8 @@ def read_image(path: str | Path, ndim: int | None = None) -> ImageData:
         raise InputError(path, "file not found")
     if p.is_dir():
         reader: Reader | None = _read_folder
+    elif p.stat().st_size == 0:  # before the suffix: an empty DICOM export has none
+        raise InputError(path, "empty file (0 bytes): damaged or incompletely copied")
     else:
         reader = reader_for_name(p.name)
     if reader is None:

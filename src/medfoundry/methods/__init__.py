@@ -11,8 +11,10 @@ from typing import Any
 
 from torch import nn
 
+from medfoundry.methods.adam_v2 import AdamV2, adam_v2_stages
 from medfoundry.methods.mae import MaskedAutoencoder
 from medfoundry.methods.moco import MoCo
+from medfoundry.methods.stages import Stage
 from medfoundry.methods.voco import VoCo
 from medfoundry.methods.volume_fusion import VolumeFusion
 from medfoundry.nets.pctnet import PCTNet, PCTNetEncoder
@@ -97,12 +99,24 @@ def _build_voco(backbone: nn.Module, **kwargs: Any) -> VoCo:
     return VoCo(backbone, **kwargs)
 
 
+def _build_adam_v2(backbone: nn.Module, **kwargs: Any) -> AdamV2:
+    """Adam-v2: DINO student/teacher with localizability, composability, decomposability."""
+    return AdamV2(backbone, **kwargs)
+
+
 METHODS: dict[str, Callable[..., nn.Module]] = {
     "adam": _build_adam,
+    "adam_v2": _build_adam_v2,
     "moco": _build_moco,
     "mae": _build_mae,
     "volume_fusion": _build_volume_fusion,
     "voco": _build_voco,
+}
+
+
+# Methods that declare their own stages (config -> [Stage]); the others train their levels.
+STAGE_PLANS: dict[str, Callable[[dict[str, Any]], list[Stage]]] = {
+    "adam_v2": adam_v2_stages,
 }
 
 
@@ -118,8 +132,11 @@ def build_method(name: str, backbone: nn.Module, **kwargs: Any) -> nn.Module:
 __all__ = [
     "ADAM_LEVELS",
     "METHODS",
+    "STAGE_PLANS",
+    "AdamV2",
     "MaskedAutoencoder",
     "MoCo",
+    "Stage",
     "VoCo",
     "VolumeFusion",
     "build_method",

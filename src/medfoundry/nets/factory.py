@@ -8,6 +8,7 @@ the ``SwinBackbone`` arguments; ``pctnet`` takes the ``PCTNetEncoder`` arguments
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
@@ -22,6 +23,28 @@ SWINVIT3D_BACKBONES: tuple[str, ...] = ("swinvit3d",)  # nets.swinunetr (importe
 def backbone_names() -> list[str]:
     """Every name ``create_backbone`` accepts."""
     return sorted([*BACKBONES, *SWIN_BACKBONES, *PCTNET_BACKBONES, *SWINVIT3D_BACKBONES])
+
+
+def _backbone_class(name: str) -> type[nn.Module]:
+    """The class ``create_backbone(name=name)`` builds (``ValueError`` for an unknown name)."""
+    if name in SWIN_BACKBONES:
+        return SwinBackbone
+    if name in PCTNET_BACKBONES:
+        return PCTNetEncoder
+    if name in SWINVIT3D_BACKBONES:
+        from medfoundry.nets.swinunetr import SwinViT3D
+
+        return SwinViT3D
+    if name in BACKBONES:
+        return ResNetBackbone
+    raise ValueError(f"unknown backbone {name!r}; choose from {backbone_names()}")
+
+
+def backbone_arguments(name: str) -> tuple[str, ...]:
+    """The arguments ``create_backbone(name=name, ...)`` takes (``name`` included), so that a
+    misspelled one in a config or checkpoint is named before any network is built."""
+    params = inspect.signature(_backbone_class(name).__init__).parameters
+    return ("name", *sorted(p for p in params if p not in ("self", "name")))
 
 
 def create_backbone(name: str = "resnet18", in_channels: int = 1, **kwargs: Any) -> nn.Module:

@@ -45,8 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Crop attempts per view before falling back to the largest valid crop (torchvision uses 10).
-_CROP_ATTEMPTS = 10
+from medfoundry.pretext.augment2d import (
+    blur_radius,
+    crop_theta,
+    gaussian_blur,
+    jitter_intensity,
+    random_resized_boxes,
+    uniform,
+)
 
 
 @dataclass
@@ -108,60 +114,6 @@ class AnatomyAugment:
             raise ValueError(f"padding must be 'border' or a number, got {self.padding!r}")
 
 
-def _uniform(n: tuple[int, ...], lo: float, hi: float, generator, device) -> Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
-
-
-def _crop_boxes(
-    n: int, anchor_h: float, anchor_w: float, aug: AnatomyAugment, generator, device
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """RandomResizedCrop boxes inside an ``anchor_h x anchor_w`` anchor: (x0, y0, w, h) in pixels.
-
-    torchvision's rejection sampling, vectorised: ``_CROP_ATTEMPTS`` candidates per view, the first
-    that fits is taken; views with none fall back to the largest crop with an allowed ratio.
-    """
-    area = anchor_h * anchor_w
-    target = area * _uniform((n, _CROP_ATTEMPTS), *aug.scale, generator, device)
-    log_r = _uniform(
-        (n, _CROP_ATTEMPTS), math.log(aug.ratio[0]), math.log(aug.ratio[1]), generator, device
-    )
-    r = torch.exp(log_r)
-    w = torch.sqrt(target * r)
-    h = torch.sqrt(target / r)
-    fits = (w <= anchor_w) & (h <= anchor_h)
-    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # first fitting attempt (0 if none)
-    w = w.gather(1, first).squeeze(1)
-    h = h.gather(1, first).squeeze(1)
-    any_fit = fits.any(dim=1)
-    # Fallback: the whole anchor, narrowed to the nearest allowed aspect ratio.
-    in_ratio = anchor_w / anchor_h
-    if in_ratio < aug.ratio[0]:
-        fw, fh = anchor_w, anchor_w / aug.ratio[0]
-    elif in_ratio > aug.ratio[1]:
-        fw, fh = anchor_h * aug.ratio[1], anchor_h
-    else:
-        fw, fh = anchor_w, anchor_h
-    w = torch.where(any_fit, w, torch.full_like(w, fw))
-    h = torch.where(any_fit, h, torch.full_like(h, fh))
-    x0 = torch.rand(n, generator=generator, device=device) * (anchor_w - w)
-    y0 = torch.rand(n, generator=generator, device=device) * (anchor_h - h)
-    return x0, y0, w, h
-
-
-def _gaussian_blur(x: Tensor, sigma: Tensor, radius: int) -> Tensor:
-    """Blur each view of ``x`` (N, C, S, S) with its own sigma (N,): separable grouped conv."""
-    n, c, hgt, wid = x.shape
-    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
-    kernel = torch.exp(-(offsets[None, :] ** 2) / (2.0 * sigma[:, None].float() ** 2))
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).to(x.dtype)  # (N, 2r+1)
-    kernel = kernel.repeat_interleave(c, dim=0)  # (N*C, 2r+1), same sigma for all channels
-    flat = x.reshape(1, n * c, hgt, wid)
-    flat = F.pad(flat, (radius, radius, radius, radius), mode="reflect")
-    flat = F.conv2d(flat, kernel[:, None, None, :], groups=n * c)  # along W
-    flat = F.conv2d(flat, kernel[:, None, :, None], groups=n * c)  # along H
-    return flat.reshape(n, c, hgt, wid)
-
-
 def decompose_views(
     images: Tensor,
     level: int,
@@ -204,13 +156,15 @@ def decompose_views(
 
     # --- random draws (fixed order, independent of the probabilities) ----------------------
     cell = torch.randint(0, n * n, (b,), generator=generator, device=rdev)
-    x0, y0, cw, ch = _crop_boxes(nv, float(cell_h), float(cell_w), aug, generator, rdev)
-    angle = _uniform((nv,), -aug.rotation, aug.rotation, generator, rdev) * (math.pi / 180.0)
+    x0, y0, cw, ch = random_resized_boxes(
+        nv, float(cell_h), float(cell_w), aug.scale, aug.ratio, generator, rdev
+    )
+    angle = uniform((nv,), -aug.rotation, aug.rotation, generator, rdev) * (math.pi / 180.0)
     jitter_u = torch.rand(nv, generator=generator, device=rdev)
-    bright = _uniform((nv,), *aug.brightness, generator, rdev)
-    contr = _uniform((nv,), *aug.contrast, generator, rdev)
+    bright = uniform((nv,), *aug.brightness, generator, rdev)
+    contr = uniform((nv,), *aug.contrast, generator, rdev)
     blur_u = torch.rand(nv, generator=generator, device=rdev)
-    sigma = _uniform((nv,), *aug.blur_sigma, generator, rdev) * (out_size / 224.0)
+    sigma = uniform((nv,), *aug.blur_sigma, generator, rdev) * (out_size / 224.0)
     cell, x0, y0, cw, ch, angle = (t.to(dev) for t in (cell, x0, y0, cw, ch, angle))
     jitter_u, bright, contr, blur_u, sigma = (
         t.to(dev) for t in (jitter_u, bright, contr, blur_u, sigma)
@@ -222,15 +176,7 @@ def decompose_views(
     ay0 = (row * cell_h).float().repeat_interleave(n_views)
     cx = ax0 + x0 + cw / 2.0  # crop centre in pixels
     cy = ay0 + y0 + ch / 2.0
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    sx, sy = cw / wid, ch / hgt  # crop half-extent in normalised units
-    theta = torch.stack(
-        [
-            torch.stack([sx * cos, -sx * sin, 2.0 * cx / wid - 1.0], dim=1),
-            torch.stack([sy * sin, sy * cos, 2.0 * cy / hgt - 1.0], dim=1),
-        ],
-        dim=1,
-    )  # (NV, 2, 3): output coords -> rotate -> crop box -> image
+    theta = crop_theta(cx, cy, cw, ch, angle, hgt, wid)  # (NV, 2, 3)
     grid = F.affine_grid(theta, [nv, 1, out_size, out_size], align_corners=False)  # (NV,S,S,2)
 
     # Optional antialiasing: shrink the batch so the smallest crop is not downsampled.
@@ -272,20 +218,13 @@ def decompose_views(
         out = torch.where(inside[:, None], out, torch.full_like(out, float(aug.padding)))
 
     # --- intensity jitter (brightness about black, contrast about the view mean) -------------
-    def clip(x: Tensor) -> Tensor:
-        return x if aug.clip is None else x.clamp(aug.clip[0], aug.clip[1])
-
     view = (nv, 1, 1, 1)
-    black = aug.black_level
-    jittered = clip(black + bright.view(view).to(out.dtype) * (out - black))
-    mean = jittered.mean(dim=(1, 2, 3), keepdim=True)
-    jittered = clip(mean + contr.view(view).to(out.dtype) * (jittered - mean))
-    out = torch.where((jitter_u < aug.jitter_p).view(view), jittered, out)
+    out = jitter_intensity(out, bright, contr, jitter_u < aug.jitter_p, aug.black_level, aug.clip)
 
     # --- Gaussian blur ----------------------------------------------------------------------
-    radius = min(max(1, math.ceil(3.0 * aug.blur_sigma[1] * out_size / 224.0)), out_size - 1)
+    radius = blur_radius(aug.blur_sigma[1] * out_size / 224.0, out_size)
     if aug.blur_p > 0 and radius >= 1:
-        blurred = _gaussian_blur(out, sigma, radius)
+        blurred = gaussian_blur(out, sigma, radius)
         out = torch.where((blur_u < aug.blur_p).view(view), blurred, out)
 
     out = out.to(images.dtype)

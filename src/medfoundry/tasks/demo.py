@@ -16,7 +16,13 @@ from medfoundry.config import load_config, merge
 from medfoundry.data.manifest import ClassificationItem, scan_class_folders
 from medfoundry.data.pretrain import load_images
 from medfoundry.evaluate.summary import mean_sd
-from medfoundry.runtime import atomic_write_json, atomic_write_text, record_run, seed_everything
+from medfoundry.runtime import (
+    atomic_save,
+    atomic_write_json,
+    atomic_write_text,
+    record_run,
+    seed_everything,
+)
 from medfoundry.tasks.classification import (
     build_classifier_backbone,
     evaluate_classifier,
@@ -94,7 +100,8 @@ def _plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
         ax.set_title(metric.upper() if metric == "auc" else "Accuracy")
     fig.suptitle("Pneumonia vs normal, few labels: pretrained vs scratch")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fmt = Path(path).suffix.lstrip(".") or "png"  # the temporary name ends in .tmp
+    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt))
     plt.close(fig)
 
 

@@ -11,7 +11,6 @@ import torch
 from medfoundry.data.manifest import ClassificationItem, scan_class_folders
 from medfoundry.data.normalize import XRAY_NORMALIZATION
 from medfoundry.data.pretrain import load_images
-from medfoundry.errors import CheckpointError
 from medfoundry.runtime import atomic_write_json, record_run
 from medfoundry.tasks.classification import evaluate_classifier, train_classifier
 from medfoundry.tasks.segmentation3d import is_3d_segmentation
@@ -22,7 +21,7 @@ from medfoundry.zoo import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from medfoundry.zoo.meta import AXIS_ORDER_2D
+from medfoundry.zoo.meta import AXIS_ORDER_2D, require_2d_backbone
 
 
 def _finetuned_meta_2d(
@@ -49,14 +48,18 @@ def _finetuned_meta_2d(
 def backbone_setup(
     pretrained: CheckpointLike | None, cfg: dict[str, Any]
 ) -> tuple[dict[str, Any], int, dict[str, Any]]:
-    """Backbone config, input size and normalisation: from the checkpoint when given, else cfg."""
+    """Backbone config, input size and normalisation: from the checkpoint when given, else cfg.
+
+    A 3D checkpoint (or one without a backbone) is a ``CheckpointError`` naming it: the 2D
+    tasks cannot start from it (``require_2d_backbone``)."""
+    default = int(cfg.get("default_image_size") or 224)
     if pretrained is not None:
-        meta = resolve_checkpoint(pretrained).meta
-        if meta.backbone is None:
-            raise CheckpointError(f"{pretrained}: checkpoint metadata has no 'backbone' entry")
-        size = int(cfg.get("image_size") or meta.input_size)  # type: ignore[arg-type]
-        return meta.backbone.config, size, dict(meta.normalization or XRAY_NORMALIZATION)
-    return dict(cfg["backbone"]), int(cfg.get("image_size") or 224), dict(XRAY_NORMALIZATION)
+        checkpoint = resolve_checkpoint(pretrained)
+        backbone, side = require_2d_backbone(checkpoint, "2D fine-tuning")
+        size = int(cfg.get("image_size") or side or default)
+        norm = dict(checkpoint.meta.normalization or XRAY_NORMALIZATION)
+        return backbone.config, size, norm
+    return dict(cfg["backbone"]), int(cfg.get("image_size") or default), dict(XRAY_NORMALIZATION)
 
 
 def patient_split(

@@ -2,7 +2,8 @@
 
 MoCo-v2 and VIS-MAE (`mae`) train one stage; Adam trains coarse-to-fine (levels 0 -> 2 -> 4), each stage warm-started from the previous
 stage's best-by-validation weights with a fresh queue (the reference code carried the last
-epoch and its stale queue over). Every stage writes Lightning checkpoints (resume) and, when it
+epoch and its stale queue over). A method that declares its own stages (`methods.STAGE_PLANS`:
+Adam-v2's L then LCD, each over granularities) gets them from its plan. Every stage writes Lightning checkpoints (resume) and, when it
 finishes, an exported backbone (`checkpoint/model.safetensors` + `medfoundry.json`).
 """
 
@@ -27,7 +28,7 @@ from medfoundry.data.store3d_dataset import StoreCropDataset
 from medfoundry.data.store3d_reader import Store, open_store
 from medfoundry.errors import MedfoundryError
 from medfoundry.evaluate.curves import plot_pretrain_curves, plot_reconstructions
-from medfoundry.methods import build_method
+from medfoundry.methods import STAGE_PLANS, Stage, build_method
 from medfoundry.nets import create_backbone
 from medfoundry.runtime import atomic_write_json, record_run, seed_everything
 from medfoundry.train.engine import make_trainer, resume_path
@@ -58,6 +59,30 @@ def stage_levels(cfg: dict[str, Any]) -> list[int]:
     if cfg["method"] in SINGLE_STAGE:
         return [0]
     return [int(level) for level in cfg.get("levels", [0, 2, 4])]
+
+
+def training_stages(cfg: dict[str, Any]) -> list[Stage]:
+    """The stages to train in sequence: the method's own plan (``methods.STAGE_PLANS``), else
+    one stage per decomposition level (``stage_levels``), named ``level{n}``."""
+    plan = STAGE_PLANS.get(cfg["method"])
+    if plan is not None:
+        try:
+            return plan(cfg)
+        except ValueError as exc:
+            raise MedfoundryError(f"config: {exc}") from exc
+    levels = stage_levels(cfg)
+    epochs = _stage_epochs(cfg, len(levels))
+    return [Stage(f"level{lv}", (lv,) * n) for lv, n in zip(levels, epochs, strict=True)]
+
+
+class LevelEachEpoch(Callback):
+    """Set the method's level at each epoch start, for stages whose level changes per epoch."""
+
+    def __init__(self, levels: Sequence[int]) -> None:
+        self.levels = tuple(levels)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.method.set_level(self.levels[min(trainer.current_epoch, len(self.levels) - 1)])
 
 
 def _split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +131,7 @@ def _guards(cfg: dict[str, Any], level: int, stage_dir: Path, stage_steps: int) 
     return out
 
 
-CONTRASTIVE = ("adam", "moco")  # methods that log within-batch retrieval and the queue signals
+CONTRASTIVE = ("adam", "moco", "adam_v2")  # methods that log within-batch retrieval
 
 
 def selection_rule(cfg: dict[str, Any], has_val: bool, has_probe: bool) -> tuple[str | None, str]:
@@ -176,8 +201,10 @@ def _build(cfg: dict[str, Any], level: int) -> torch.nn.Module:
     backbone = create_backbone(**cfg["backbone"])
     if cfg["method"] in ("mae", *VOLUME_METHODS):
         return build_method(cfg["method"], backbone, **cfg.get(cfg["method"], {}))
-    kwargs = {"level": level, "out_size": input_size(cfg), **cfg.get("moco", {})}
-    if cfg["views"].get("augment"):  # view augmentation (AnatomyAugment fields) over the paper's
+    # the method's own section (adam_v2:), else the MoCo section that Adam shares
+    section = cfg[cfg["method"]] if cfg["method"] in cfg else cfg.get("moco", {})
+    kwargs = {"level": level, "out_size": input_size(cfg), **(section or {})}
+    if cfg["views"].get("augment"):  # view augmentation (the method's fields) over the paper's
         kwargs["augment"] = dict(cfg["views"]["augment"])
     return build_method(cfg["method"], backbone, **kwargs)
 
@@ -359,8 +386,7 @@ def pretrain(
     out_dir = Path(out_dir)
     if cfg["method"] == "moco":  # MoCo-v2 never prunes, whichever preset it borrows
         cfg.setdefault("moco", {})["prune_threshold"] = None
-    levels = stage_levels(cfg)
-    epochs = _stage_epochs(cfg, len(levels))
+    stages = training_stages(cfg)
     if not resume and out_dir.exists() and any(out_dir.glob("stage*/checkpoints/*.ckpt")):
         raise MedfoundryError(
             f"{out_dir}: already holds a run; pass --resume or choose a new --out"
@@ -395,11 +421,12 @@ def pretrain(
         else None
     )
 
-    method = _build(cfg, levels[0])
+    method = _build(cfg, stages[0].levels[0])
     backbone_cfg = dict(method.backbone.config)
     decoder_cfg = _decoder_config(method)
 
-    def export(done_levels: list[int]) -> tuple[dict, CheckpointMeta, dict | None]:
+    def export(done: Sequence[Stage]) -> tuple[dict, CheckpointMeta, dict | None]:
+        done_levels = [lv for stage in done for lv in stage.distinct_levels()]
         meta = checkpoint_metadata(
             cfg, backbone_cfg, done_levels, n_items, [str(d) for d in data], decoder_cfg
         )
@@ -410,13 +437,17 @@ def pretrain(
     monitor, mode = selection_rule(cfg, val_loader is not None, probe is not None)
     prev_stage: Path | None = None
     timings: dict[str, float] = {}
-    for i, (level, n_epochs) in enumerate(zip(levels, epochs, strict=True)):
-        stage_dir = out_dir / f"stage{i}_level{level}"
+    for i, stage in enumerate(stages):
+        stage_dir = out_dir / f"stage{i}_{stage.name}"
+        level, n_epochs = stage.levels[0], stage.epochs
         steps_per_epoch = max(1, len(train_loader))
         optim = {**cfg["optim"], "batch_size": batch_size}  # warm-up epochs: see PretrainModule
         module = PretrainModule(method, optim, n_epochs * steps_per_epoch, seed=seed)
         if hasattr(method, "set_level"):
             method.set_level(level)
+        if stage.mode is not None:
+            method.set_mode(stage.mode)
+        per_epoch = [LevelEachEpoch(stage.levels)] if len(set(stage.levels)) > 1 else []
         done = (stage_dir / FINAL_DIR / "medfoundry.json").is_file()
         if not done:
             if prev_stage is not None:
@@ -437,8 +468,9 @@ def pretrain(
                 mode=mode,
                 callbacks=[
                     *([OnlineProbe(probe)] if probe is not None else []),
-                    *_guards(cfg, level, stage_dir, n_epochs * steps_per_epoch),
+                    *_guards(cfg, max(stage.levels), stage_dir, n_epochs * steps_per_epoch),
                     NewCropsEachEpoch(),
+                    *per_epoch,
                 ],
                 loggers=list(tcfg.get("loggers", ["csv"])),
             )
@@ -453,10 +485,10 @@ def pretrain(
             finally:  # curves of every stage so far, also when a stage stops with an error
                 if trainer.is_global_zero:
                     plot_pretrain_curves(out_dir)
-            timings[f"stage{i}_level{level}"] = time.time() - start
+            timings[stage_dir.name] = time.time() - start
             _load_module_weights(module, _selected_ckpt(stage_dir))
             if trainer.is_global_zero:
-                weights, meta, dec = export(levels[: i + 1])
+                weights, meta, dec = export(stages[: i + 1])
                 save_checkpoint(stage_dir / FINAL_DIR, weights, meta, decoder=dec)
         prev_stage = stage_dir
     # the final stage's export is the run's checkpoint
@@ -465,7 +497,7 @@ def pretrain(
         _load_module_weights(
             PretrainModule(method, dict(cfg["optim"]), 1), _selected_ckpt(prev_stage)
         )
-        weights, meta, dec = export(levels)
+        weights, meta, dec = export(stages)
         save_checkpoint(final, weights, meta, decoder=dec)
         atomic_write_json(out_dir / "timings.json", timings)
         if hasattr(method, "reconstruct"):

@@ -18,6 +18,13 @@ class PretrainModule(L.LightningModule):
     The optimiser follows the method's recipe: SGD + cosine for MoCo/Adam, AdamW + warm-up +
     cosine for MAE; the lr is scaled with the global batch (lr = base_lr * global_batch / 256).
     A method with ``param_groups(weight_decay)`` decides itself what is decayed.
+
+    Optional ``optim`` keys, each off by default (DINO / Adam-v2 use them): ``min_lr`` (the
+    cosine ends at this absolute lr instead of 0), ``weight_decay_end`` (decayed groups follow a
+    cosine from ``weight_decay`` to it over the stage), ``grad_clip`` with ``grad_clip_mode``
+    (``norm``: the global gradient norm; ``per_param``: each parameter's, DINO's rule). A method
+    with ``before_optimizer_step(epoch)`` is called after backward, before clipping and the step
+    (Adam-v2 drops its last layer's gradients in the first epoch).
     """
 
     def __init__(
@@ -40,6 +47,8 @@ class PretrainModule(L.LightningModule):
             if self._progress_total is None:
                 self._progress_total = self._schedule_steps()[0]
             self.method.set_progress(self.global_step / max(1, self._progress_total))
+        if self.optim.get("weight_decay_end") is not None:
+            self._schedule_weight_decay()
         out = self.method(batch, update=True)
         self._log("train", out, batch.shape[0], prog_bar=True)
         return out["loss"]
@@ -76,9 +85,59 @@ class PretrainModule(L.LightningModule):
             opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))))
         else:
             raise ValueError(f"unknown optimizer {name!r} (sgd, adamw)")
+        if cfg.get("weight_decay_end") is not None:  # what the weight-decay schedule scales
+            for group in opt.param_groups:
+                group["initial_weight_decay"] = group["weight_decay"]
         total, warmup = self._schedule_steps()
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, warmup))
+        final = float(cfg["min_lr"]) / lr if cfg.get("min_lr") is not None else 0.0
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, warmup, final))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _schedule_weight_decay(self) -> None:
+        """Decayed groups: cosine from ``weight_decay`` to ``weight_decay_end`` over the stage
+        (DINO's schedule; a group's own ratio to ``weight_decay`` is kept, undecayed stay 0)."""
+        start, end = float(self.optim["weight_decay"]), float(self.optim["weight_decay_end"])
+        total = self._progress_total or self._schedule_steps()[0]
+        self._progress_total = total
+        p = min(1.0, self.global_step / max(1, total))
+        wd = end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * p))
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                initial = group.get("initial_weight_decay", group["weight_decay"])
+                if initial > 0 and start > 0:
+                    group["weight_decay"] = wd * initial / start
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The method's hook (e.g. a frozen last layer) before clipping and the step."""
+        if hasattr(self.method, "before_optimizer_step"):
+            self.method.before_optimizer_step(int(self.current_epoch))
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """``optim.grad_clip`` when set (``grad_clip_mode``: ``norm`` or ``per_param``), else
+        whatever the trainer was given (by default nothing)."""
+        clip = self.optim.get("grad_clip")
+        if clip is None:
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
+            return
+        mode = str(self.optim.get("grad_clip_mode", "norm"))
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        if mode == "norm":
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]], float(clip)
+            )
+        elif mode == "per_param":
+            clip_per_parameter_(grads, float(clip))
+        else:
+            raise ValueError(f"optim.grad_clip_mode must be 'norm' or 'per_param', got {mode!r}")
 
     def _schedule_steps(self) -> tuple[int, int]:
         """(total, warm-up) optimiser steps of this rank: from the trainer when attached (under
@@ -109,3 +168,12 @@ class PretrainModule(L.LightningModule):
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
         return groups
+
+
+@torch.no_grad()
+def clip_per_parameter_(grads: list[torch.Tensor], max_norm: float) -> None:
+    """Scale each gradient whose L2 norm exceeds ``max_norm`` down to it, one parameter at a
+    time (DINO's ``clip_gradients``: ``g *= max_norm / (|g| + 1e-6)`` when that is < 1)."""
+    norms = torch._foreach_norm(grads)
+    coefs = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
+    torch._foreach_mul_(grads, coefs)

@@ -3,10 +3,16 @@
 The metadata says how to rebuild and feed the backbone (name, arguments, input channels,
 size, normalisation, method); loading reports how many tensors loaded and fails loudly when
 the backbone did not load, instead of the silent `strict=False` of the seed repositories.
+The metadata also records a sha256 of each weights file, verified before any tensor is read
+(`verify_weights`): a damaged or edited file is an error naming it, not a silent load of
+changed numbers (safetensors checks the header, not the tensor bytes).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,9 +28,12 @@ from medfoundry.zoo.meta import (
     DECODER_NAME,
     META_NAME,
     WEIGHTS_NAME,
+    Checkpoint,
     CheckpointLike,
     CheckpointMeta,
     checkpoint_folder,
+    file_checksum,
+    read_meta_file,
     resolve_checkpoint,
 )
 from medfoundry.zoo.meta import (
@@ -69,18 +78,21 @@ def save_checkpoint(
     `out_dir`; the metadata goes last, so a folder with `medfoundry.json` is complete.
 
     `metadata` is a `CheckpointMeta`; a mapping (a format-1 dict) is parsed and migrated first,
-    so a malformed one fails here rather than at load time."""
+    so a malformed one fails here rather than at load time. The sha256 of each weights file
+    written is recorded in the metadata's `checksums` (verified on load)."""
     out_dir = Path(out_dir)
     meta = (
         metadata
         if isinstance(metadata, CheckpointMeta)
         else CheckpointMeta.from_json(metadata, out_dir / META_NAME)
     )
-    document = meta.to_json()
+    meta.to_json()  # fails on clashing extra keys before any file is written
     out_dir.mkdir(parents=True, exist_ok=True)
-    _save_tensors(out_dir / WEIGHTS_NAME, state_dict)
-    if decoder is not None:
-        _save_tensors(out_dir / DECODER_NAME, decoder)
+    files = {WEIGHTS_NAME: state_dict} | ({DECODER_NAME: decoder} if decoder is not None else {})
+    for name, tensors in files.items():
+        _save_tensors(out_dir / name, tensors)
+    checksums = {name: file_checksum(out_dir / name) for name in files}
+    document = dataclasses.replace(meta, checksums=checksums).to_json()
     atomic_write_json(out_dir / META_NAME, document)
     return out_dir
 
@@ -131,7 +143,8 @@ def load_backbone(
 
     `min_fraction` is the share of the backbone's tensors that must load (1.0: all of them).
     """
-    return _load_into(checkpoint_folder(path) / WEIGHTS_NAME, backbone, min_fraction, "backbone")
+    file = checkpoint_folder(path) / WEIGHTS_NAME
+    return _load_into(file, _checksums_of(path, file), backbone, min_fraction, "backbone")
 
 
 def has_decoder(path: CheckpointLike) -> bool:
@@ -145,15 +158,68 @@ def load_decoder(path: CheckpointLike, decoder: torch.nn.Module) -> LoadReport:
     Parts that a downstream decoder adds (skip fusions, a head for another number of classes)
     stay at their initialisation; it raises only when nothing at all loaded.
     """
-    return _load_into(checkpoint_folder(path) / DECODER_NAME, decoder, 0.0, "decoder")
+    file = checkpoint_folder(path) / DECODER_NAME
+    return _load_into(file, _checksums_of(path, file), decoder, 0.0, "decoder")
 
 
-def _load_into(file: Path, module: torch.nn.Module, min_fraction: float, part: str) -> LoadReport:
-    folder = file.parent
+def _checksums_of(path: CheckpointLike, file: Path) -> Mapping[str, str] | None:
+    """The checksums the checkpoint of ``file`` records (None: no metadata, or none recorded)."""
+    if isinstance(path, Checkpoint):
+        return path.meta.checksums
+    if not (file.parent / META_NAME).is_file():  # bare weights: nothing to verify against
+        return None
+    return read_meta_file(file.parent).checksums
+
+
+# files verified in this process, as (path, size, mtime, checksum): a benchmark loads one
+# checkpoint for every run, and hashing it once is enough while the file is unchanged
+_VERIFIED: set[tuple[str, int, int, str]] = set()
+
+
+def verify_weights(file: Path, checksums: Mapping[str, str] | None) -> None:
+    """Raise a ``CheckpointError`` naming ``file`` when its sha256 differs from the one the
+    metadata records; a file without a recorded checksum (older checkpoints) passes."""
+    expected = (checksums or {}).get(file.name)
+    if expected is None:
+        return
     try:
-        weights = load_file(str(file))
+        stat = file.stat()
+        key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns, expected)
+        if key in _VERIFIED:
+            return
+        found = file_checksum(file)
+    except OSError as exc:
+        raise CheckpointError(f"{file}: unreadable weights ({exc.strerror or exc})") from exc
+    if found != expected:
+        raise CheckpointError(
+            f"{file}: checksum mismatch (file damaged or edited); {META_NAME} records "
+            f"{expected[:19]}..., the file is {found[:19]}...; copy or re-export the checkpoint"
+        )
+    if time.time() - stat.st_mtime > 2.0:  # an edit later must show in a coarse-grained mtime
+        _VERIFIED.add(key)
+
+
+def read_weights(file: Path, checksums: Mapping[str, str] | None) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, verified against ``checksums`` first (``verify_weights``);
+    an unreadable or damaged file is a ``CheckpointError`` naming it."""
+    verify_weights(file, checksums)
+    if not os.path.isfile(file):
+        raise CheckpointError(f"{file}: weights file not found")
+    try:
+        return load_file(str(file))
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise CheckpointError(f"{file}: unreadable weights ({exc})") from exc
+
+
+def _load_into(
+    file: Path,
+    checksums: Mapping[str, str] | None,
+    module: torch.nn.Module,
+    min_fraction: float,
+    part: str,
+) -> LoadReport:
+    folder = file.parent
+    weights = read_weights(file, checksums)
     model_state = module.state_dict()
     weights = _strip_prefix(weights, set(model_state))
     matched: dict[str, torch.Tensor] = {}

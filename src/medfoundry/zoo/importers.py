@@ -590,6 +590,20 @@ def _strict_load(
 
 
 # --- entry point ------------------------------------------------------------------------------
+def _check_arch(format: str, arch: dict[str, Any], settings: dict[str, Any]) -> None:
+    """An ``--arch`` key the format does not take is an error naming the nearest one (it would
+    be ignored, and the import go on with the published value)."""
+    import difflib
+
+    for key in sorted(set(arch) - set(settings)):
+        near = difflib.get_close_matches(key, sorted(settings), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise CheckpointError(
+            f"--arch {key}: not an architecture argument of {format}{hint} "
+            f"(it takes {', '.join(sorted(settings))})"
+        )
+
+
 def import_checkpoint(
     format: str,
     src: str | Path,
@@ -612,8 +626,12 @@ def import_checkpoint(
         raise CheckpointError(f"{target}: already holds a checkpoint; choose a new --out")
     weights, how = read_state_dict(src)
     settings = {**importer.defaults, **(importer.infer(weights) if importer.infer else {})}
+    _check_arch(format, arch or {}, settings)
     settings.update(arch or {})
-    conv = importer.convert(weights, settings, int(in_channels or 1))
+    try:
+        conv = importer.convert(weights, settings, int(in_channels or 1))
+    except (TypeError, ValueError) as exc:  # a bad --arch value (int("abc"), a wrong length)
+        raise CheckpointError(f"{src.name}: cannot build the {format} network ({exc})") from exc
     renamed = {**conv.encoder_state, **conv.decoder_state}
     firsts = [k for k in importer.first_convs if k in renamed]
     if not firsts:

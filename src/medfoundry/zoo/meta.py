@@ -11,8 +11,15 @@ and every reader needs, as typed fields; method-specific keys (``mae``, ``voco``
   ``spatial_dims`` and ``in_channels`` from the backbone when the top level lacks them
   (defaults 2 and 1), a fine-tuned model (``task``) without ``method`` gets ``finetune``, and
   a list of ``structures`` becomes ``{name: [name]}``.
-- **Errors**: a missing required key, a wrong type or an unknown format version is a
-  ``CheckpointError`` naming the file and the key.
+- **Checksums**: ``checksums`` maps each weights file (``model.safetensors``, and
+  ``decoder.safetensors`` when there is one) to ``sha256:<hex>``; ``save_checkpoint`` records
+  it and every load verifies it (``zoo.checkpoint.verify_weights``). A file written before
+  checksums existed (format 1, or format 2 without the key) loads unverified; a recorded
+  checksum that does not match is a ``CheckpointError`` naming the file.
+- **Errors**: a missing required key, a wrong type, a null or out-of-range value (spatial dims
+  not 2 or 3, an ``input_size`` that is not positive or does not fit the dims, an unregistered
+  backbone name) or an unknown format version is a ``CheckpointError`` naming the file and
+  the key.
 - **Resolved once**: ``resolve_checkpoint(path)`` finds the checkpoint folder of a run folder,
   a checkpoint folder or its weights file and reads the metadata once; a ``Checkpoint`` passed
   in comes back as it is, so lower layers accept either.
@@ -20,7 +27,9 @@ and every reader needs, as typed fields; method-specific keys (``mae``, ``voco``
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -94,6 +103,7 @@ class CheckpointMeta:
     pretrained_from: str | None = None
     imported_from: dict[str, Any] | None = None
     training_data: dict[str, Any] | None = None
+    checksums: dict[str, str] | None = None  # weights file name -> "sha256:<hex>"
     extra: dict[str, Any] = field(default_factory=dict)
 
     # --- derived views ---------------------------------------------------------------------
@@ -165,6 +175,10 @@ class CheckpointMeta:
             if name not in raw:
                 continue
             value = raw.pop(name)
+            if value is None and name in _NOT_NULL:
+                raise CheckpointError(
+                    f"{source}: metadata key {name!r} is null, expected {_kind_name(kind)}"
+                )
             if value is None:
                 values[name] = None
                 continue
@@ -177,7 +191,9 @@ class CheckpointMeta:
                 values[name] = parse(value)
             except (TypeError, ValueError, KeyError) as e:
                 raise CheckpointError(f"{source}: metadata key {name!r}: {e}") from e
-        return cls(**values, extra=raw)
+        meta = cls(**values, extra=raw)
+        _check_values(meta, source)
+        return meta
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -191,9 +207,66 @@ def _size(value: Any) -> int | tuple[int, ...]:
 
 
 def _backbone(value: dict[str, Any]) -> BackboneSpec:
-    if not isinstance(value.get("name"), str):
+    name = value.get("name")
+    if not isinstance(name, str):
         raise ValueError("a backbone needs a string 'name'")
+    # lazily: nets builds torch models, and only a reader of a backbone needs it
+    from medfoundry.nets.factory import backbone_arguments, backbone_names
+
+    known = backbone_names()
+    if name not in known:
+        raise ValueError(f"unknown backbone name {name!r} (known: {', '.join(known)})")
+    unknown = sorted(set(value) - set(backbone_arguments(name)))
+    if unknown:
+        raise ValueError(
+            f"{name} takes no argument(s) {unknown} (it takes {list(backbone_arguments(name))})"
+        )
     return BackboneSpec.from_config(value)
+
+
+_CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _checksums(value: dict[str, Any]) -> dict[str, str]:
+    for name, digest in value.items():
+        if not isinstance(digest, str) or not _CHECKSUM.fullmatch(digest):
+            raise ValueError(f"{name}: {digest!r:.80} is not 'sha256:' + 64 hex digits")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def file_checksum(path: str | Path, chunk: int = 1 << 20) -> str:
+    """``sha256:<hex>`` of a file, read in ``chunk``-byte pieces (any size, little memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _check_values(meta: CheckpointMeta, source: str | Path) -> None:
+    """Values a reader relies on, checked once (a hand-edited file fails here, naming the key)."""
+
+    def fail(key: str, problem: str) -> None:
+        raise CheckpointError(f"{source}: metadata key {key!r}: {problem}")
+
+    if meta.spatial_dims not in (2, 3):
+        fail("spatial_dims", f"{meta.spatial_dims} is not 2 or 3")
+    if meta.in_channels < 1:
+        fail("in_channels", f"{meta.in_channels} is not a positive channel count")
+    size = meta.input_size
+    if size is not None:
+        sides = (size,) if isinstance(size, int) else size
+        allowed = (1, 2) if meta.spatial_dims == 2 else (3,)
+        if len(sides) not in allowed or min(sides) < 1:
+            shape = "a side or (H, W)" if meta.spatial_dims == 2 else "(D, H, W)"
+            fail("input_size", f"{list(sides)} is not {shape} of positive sizes")
+    dims = None if meta.backbone is None else meta.backbone.spatial_dims
+    if dims is not None and dims != meta.spatial_dims:
+        fail("backbone", f"spatial_dims {dims} differs from the checkpoint's {meta.spatial_dims}")
+    if meta.num_classes is not None and meta.num_classes < 1:
+        fail("num_classes", f"{meta.num_classes} is not a positive class count")
+    if meta.classes is not None and not meta.classes:
+        fail("classes", "an empty list")
 
 
 def _structures(value: dict[str, Any] | list[Any]) -> dict[str, list[str]]:
@@ -225,7 +298,10 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "pretrained_from": (str, str),
     "imported_from": (dict, dict),
     "training_data": (dict, dict),
+    "checksums": (dict, _checksums),
 }
+# keys whose null is never written (to_json drops None): a null there is a hand edit
+_NOT_NULL = ("method", "spatial_dims", "in_channels", "input_size", "backbone", "checksums")
 
 
 def _migrate_v1(raw: dict[str, Any]) -> dict[str, Any]:
@@ -278,6 +354,30 @@ class Checkpoint:
 CheckpointLike = str | Path | Checkpoint
 
 
+def require_2d_backbone(checkpoint: Checkpoint, task: str) -> tuple[BackboneSpec, int | None]:
+    """The backbone and square input side (None: not recorded) of a checkpoint a 2D ``task``
+    starts from; a ``CheckpointError`` naming it when it is 3D, has no backbone, or records a
+    non-square size (the 2D tasks train on square images)."""
+    meta = checkpoint.meta
+    if meta.spatial_dims != 2:
+        raise CheckpointError(
+            f"{checkpoint}: a {meta.spatial_dims}D checkpoint (method {meta.method}); {task} "
+            "needs a 2D backbone (3D checkpoints fine-tune 3D segmentation: finetune --task "
+            "segmentation --data <3D store or MSD folder>)"
+        )
+    if meta.backbone is None:
+        raise CheckpointError(f"{checkpoint}: checkpoint metadata has no 'backbone' entry")
+    size = meta.input_size
+    if isinstance(size, tuple):
+        if len(set(size)) != 1:
+            raise CheckpointError(
+                f"{checkpoint}: input_size {list(size)} is not square; {task} trains on square "
+                "images (set the image size explicitly)"
+            )
+        size = size[0]
+    return meta.backbone, size
+
+
 def checkpoint_folder(path: CheckpointLike) -> Path:
     """The checkpoint folder of a checkpoint folder, a run folder holding ``checkpoint/``, or
     the weights file (``CheckpointError`` when there is none); reads no metadata."""
@@ -326,6 +426,8 @@ __all__ = [
     "CheckpointLike",
     "CheckpointMeta",
     "checkpoint_folder",
+    "file_checksum",
     "read_meta_file",
+    "require_2d_backbone",
     "resolve_checkpoint",
 ]

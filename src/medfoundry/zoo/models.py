@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from medfoundry.data.preprocess3d import VolumeSettings
@@ -30,6 +29,7 @@ from medfoundry.errors import CheckpointError, MedfoundryError
 from medfoundry.nets.factory import create_backbone
 from medfoundry.nets.segmenters2d import create_segmenter2d, is_swin_config
 from medfoundry.nets.segmenters3d import create_segmenter3d, size_multiple_of
+from medfoundry.zoo.checkpoint import read_weights
 from medfoundry.zoo.meta import (
     WEIGHTS_NAME,
     Checkpoint,
@@ -151,18 +151,10 @@ def _require(folder: Path, meta: CheckpointMeta, keys: tuple[str, ...], what: st
         raise CheckpointError(f"{folder}: {what} metadata lacks {', '.join(missing)}")
 
 
-def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors (a ``CheckpointError`` for an unreadable file)."""
-    try:
-        return load_file(str(folder / WEIGHTS_NAME))
-    except Exception as e:  # safetensors raises several types for corrupt files
-        raise CheckpointError(f"{folder / WEIGHTS_NAME}: unreadable weights ({e})") from e
-
-
-def _load_strict(folder: Path, network: nn.Module, what: str) -> int:
-    """Load every tensor of ``network`` from the folder's weights, or raise a
-    ``CheckpointError`` counting the missing / unused / mis-shaped ones; the tensor count."""
-    weights = _load_weights(folder)
+def _load_strict(folder: Path, meta: CheckpointMeta, network: nn.Module, what: str) -> int:
+    """Load every tensor of ``network`` from the folder's weights (checksum verified), or raise
+    a ``CheckpointError`` counting the missing / unused / mis-shaped ones; the tensor count."""
+    weights = read_weights(folder / WEIGHTS_NAME, meta.checksums)
     state = network.state_dict()
     missing = sorted(set(state) - set(weights))
     unused = sorted(set(weights) - set(state))
@@ -215,7 +207,7 @@ def _load_classifier(folder: Path, meta: CheckpointMeta, device: str | torch.dev
         return Classifier(create_backbone(**backbone_cfg), len(classes))
 
     network = _build(folder, f"{name!r} classifier", make)
-    tensors = _load_strict(folder, network, f"{name!r} classifier")
+    tensors = _load_strict(folder, meta, network, f"{name!r} classifier")
     return LoadedModel(
         network=network.to(device).eval(),
         kind="classification",
@@ -248,7 +240,7 @@ def _load_segmenter2d(
         return create_segmenter2d(backbone_cfg, len(names), channels, meta.decoder)
 
     network = _build(folder, what, make)
-    tensors = _load_strict(folder, network, what)
+    tensors = _load_strict(folder, meta, network, what)
     return LoadedModel(
         network=network.to(device).eval(),
         kind="segmentation2d",
@@ -291,7 +283,7 @@ def load_segmenter3d(
     settings = _build(
         folder, "preprocessing", lambda: VolumeSettings.from_preprocessing(preprocessing)
     )
-    tensors = _load_strict(folder, network, f"{name!r} network")
+    tensors = _load_strict(folder, meta, network, f"{name!r} network")
     sw = dict(meta.sliding_window or {})
     roi = _roi_3d(folder, meta.input_size)
     return TrainedSegmenter3D(
