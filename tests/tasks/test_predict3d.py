@@ -234,12 +234,19 @@ def test_loading_is_strict_and_names_the_folder(trained, tmp_path):
     head = next(k for k in weights if k.startswith("head") or k.endswith("bias"))
     del weights[head]
     save_file(weights, str(ckpt / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="checksum mismatch") as e:
+        load_segmenter3d(tmp_path / "broken")  # the edit is caught by the recorded checksum
+    assert str(ckpt) in str(e.value)
+    meta = json.loads((ckpt / "medfoundry.json").read_text())
+    meta.pop("checksums", None)  # without one (an older checkpoint) the strict load catches it
+    (ckpt / "medfoundry.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="1 missing") as e:
         load_segmenter3d(tmp_path / "broken")
     assert str(ckpt) in str(e.value)
 
     meta = json.loads((ckpt / "medfoundry.json").read_text())
-    for kind in ({"spatial_dims": 2}, {"task": "classification", "spatial_dims": 2}):
+    two_d = {"spatial_dims": 2, "input_size": 32}  # a consistent 2D record, not a malformed one
+    for kind in (two_d, {"task": "classification", **two_d}):
         (ckpt / "medfoundry.json").write_text(json.dumps({**meta, **kind}))
         with pytest.raises(CheckpointError, match="not a 3D segmentation model"):
             load_segmenter3d(ckpt)

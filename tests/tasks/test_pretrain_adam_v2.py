@@ -120,3 +120,18 @@ def test_adam_v2_selects_by_retrieval_and_refuses_bad_epochs(tmp_path) -> None:
     cfg["epochs"] = {"L": [1, 1, 1]}
     with pytest.raises(MedfoundryError, match="LCD"):
         training_stages(cfg)
+
+
+def test_the_level_follows_the_stage_epoch_by_epoch() -> None:
+    from types import SimpleNamespace
+
+    from medfoundry.tasks.pretrain import LevelEachEpoch
+
+    seen = []
+    method = SimpleNamespace(set_level=seen.append)
+    callback = LevelEachEpoch((0, 0, 1, 2))
+    for epoch in range(5):  # past the end: the last level
+        callback.on_train_epoch_start(
+            SimpleNamespace(current_epoch=epoch), SimpleNamespace(method=method)
+        )
+    assert seen == [0, 0, 1, 2, 2]
