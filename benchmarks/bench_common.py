@@ -201,3 +201,35 @@ def report_and_save(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
         print(f"\nwrote {out}")
+
+
+# --- one-change experiment logs (moco_experiments.py, adam_v2_experiments.py) ---------------
+def last_rows_table(path: Path, keys: tuple[str, ...]) -> str:
+    """Markdown table of a JSON-lines file of runs ({tag, settings, rows}): the last logged row
+    of each, with the step-0 values (the random network's probe scores) in brackets."""
+    lines = ["| run | steps | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        first, last = rec["rows"][0], rec["rows"][-1]
+        cells = []
+        for k in keys:
+            v = last.get(k)
+            cell = "" if v is None else f"{v:.3f}"
+            if k in first and v is not None:
+                cell += f" ({first[k]:.3f})"
+            cells.append(cell)
+        lines.append(f"| {rec['tag']} | {last['step']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def print_row(row: dict[str, Any]) -> None:
+    """One logged row on one line: `key value` pairs, floats to 3 decimals."""
+    text = (f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+    print("  ".join(text), flush=True)
+
+
+def append_record(path: Path | None, tag: str, settings: dict[str, Any], rows: list) -> None:
+    """Append one run's record to a JSON-lines file (nothing when `path` is None)."""
+    if path is not None:
+        with path.open("a") as f:
+            f.write(json.dumps({"tag": tag, "settings": settings, "rows": rows}) + "\n")

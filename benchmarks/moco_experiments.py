@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import append_record, last_rows_table, print_row
 
 from medfoundry.data.normalize import XRAY_NORMALIZATION
 from medfoundry.data.pretrain import collect_images, load_images
@@ -47,25 +48,6 @@ TABLE = (
     "knn_auc",
     "linear_auc",
 )
-
-
-def table(path: Path) -> str:
-    """Markdown table of a JSON-lines file of runs: the last logged row of each, with the
-    step-0 probe AUCs (the random network's) in brackets."""
-    head = "| run | steps | " + " | ".join(TABLE) + " |"
-    lines = [head, "|" + "---|" * (len(TABLE) + 2)]
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        first, last = rec["rows"][0], rec["rows"][-1]
-        cells = []
-        for k in TABLE:
-            v = last.get(k)
-            cell = "" if v is None else f"{v:.3f}"
-            if k in first and v is not None:
-                cell += f" ({first[k]:.3f})"
-            cells.append(cell)
-        lines.append(f"| {rec['tag']} | {last['step']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def plot(path: Path, out: Path) -> None:
@@ -124,7 +106,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="append the run's record to this JSON-lines file")
     a = p.parse_args()
     if a.table is not None:
-        print(table(a.table))
+        print(last_rows_table(a.table, TABLE))
         if a.plot is not None:
             plot(a.table, a.plot)
         return
@@ -179,12 +161,7 @@ def main() -> None:
             row |= probe_scores(moco.backbone, probe)
         row["seconds"] = round(time.time() - start, 1)
         rows.append(row)
-        print(
-            "  ".join(
-                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-            ),
-            flush=True,
-        )
+        print_row(row)
 
     step, start, window = 0, time.time(), []
     log(0, [])
@@ -204,9 +181,7 @@ def main() -> None:
                 window = []
             if step >= a.steps:
                 break
-    if a.json is not None:
-        with a.json.open("a") as f:
-            f.write(json.dumps({"tag": a.tag, "settings": settings, "rows": rows}) + "\n")
+    append_record(a.json, a.tag, settings, rows)
 
 
 if __name__ == "__main__":

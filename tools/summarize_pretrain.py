@@ -2,7 +2,8 @@
 
 Reads each stage's Lightning CSV log (`stage*/logs/metrics.csv`) and prints one markdown row
 per epoch: the epoch means of the training signals, the validation retrieval and the probe
-scores (the probe's step-0 row, when logged, is the starting weights').
+scores (the probe's step-0 row, when logged, is the starting weights'). Columns no row of the
+run has (a method's signals it does not log) are left out.
 
     python tools/summarize_pretrain.py runs/adam_cpu
 """
@@ -19,6 +20,10 @@ COLUMNS = (
     ("train/mean_length_epoch", "mean length"),
     ("train/spread_epoch", "spread"),
     ("train/pruned_fraction_epoch", "pruned"),
+    ("train/teacher_entropy_epoch", "teacher entropy"),
+    ("train/teacher_batch_entropy_epoch", "teacher batch entropy"),
+    ("train/loss_c_epoch", "C"),
+    ("train/loss_d_epoch", "D"),
     ("val/retrieval", "val retrieval"),
     ("probe/knn_auc", "kNN AUC"),
     ("probe/linear_auc", "linear AUC"),
@@ -42,14 +47,18 @@ def stage_rows(stage: Path) -> list[dict[str, str]]:
 
 def summarize(run: Path) -> str:
     """Markdown table of every stage's epochs."""
-    head = "| stage | epoch | step | " + " | ".join(name for _, name in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
-    for stage in sorted(d for d in run.glob("stage*") if d.is_dir()):
-        for row in stage_rows(stage):
-            cells = [f"{float(row[k]):.3f}" if k in row else "" for k, _ in COLUMNS]
-            epoch = row.get("epoch", "") if any(k in row for k, _ in COLUMNS[:5]) else "start"
+    stages = [(d.name, stage_rows(d)) for d in sorted(run.glob("stage*")) if d.is_dir()]
+    present = {k for _, rows in stages for row in rows for k in row}
+    columns = [(k, name) for k, name in COLUMNS if k in present]
+    head = "| stage | epoch | step | " + " | ".join(name for _, name in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 3)]
+    for name, rows in stages:
+        for row in rows:
+            cells = [f"{float(row[k]):.3f}" if k in row else "" for k, _ in columns]
+            trained = any(k.startswith("train/") for k in row)
+            epoch = row.get("epoch", "") if trained else "start"
             lines.append(
-                f"| {stage.name} | {epoch} | {row.get('step', '')} | " + " | ".join(cells) + " |"
+                f"| {name} | {epoch} | {row.get('step', '')} | " + " | ".join(cells) + " |"
             )
     return "\n".join(lines)
 

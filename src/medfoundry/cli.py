@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medfoundry.config import apply_overrides, load_config, set_dotted
-from medfoundry.errors import MedfoundryError
+from medfoundry.errors import Interrupted, MedfoundryError
 
 # flag dest -> config key, for pretrain
 # `medfoundry.zoo.importers.FORMATS`' names, spelled out so building the parser imports no torch
@@ -819,15 +819,29 @@ def main(argv: list[str] | None = None) -> int:
         "import": cmd_import,
         "embed": cmd_embed,
     }
+    from medfoundry.runtime import stop_signals
+
     try:
-        handlers[args.command](args)
+        with stop_signals():  # SIGTERM / Ctrl-C: `Interrupted` (pretrain saves first)
+            handlers[args.command](args)
     except MedfoundryError as exc:
         print(f"medfoundry: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"medfoundry: {interrupted_message(exc)}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("medfoundry: interrupted; rerun with --resume to continue", file=sys.stderr)
+        print("medfoundry: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def interrupted_message(exc: Interrupted) -> str:
+    """One line: which signal stopped the command and, for a run folder, how to continue."""
+    name = {15: "SIGTERM", 2: "SIGINT"}.get(exc.signum, f"signal {exc.signum}")
+    if exc.run_dir is None:
+        return f"interrupted ({name})"
+    return f"interrupted ({name}); rerun with --resume to continue the run in {exc.run_dir}"
 
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
         "optim.min_lr",
         "optim.warmup_steps",
         "optim.weight_decay_end",
+        "trainer.checkpoint_every_n_steps",  # last.ckpt also every N steps (0: epochs only)
         "views.augment",
         *_under("views.augment", _ANATOMY_AUGMENT),
         # method constructor arguments (methods/): MoCo / Adam, MAE, VoCo, Volume Fusion
@@ -468,6 +469,7 @@ VALUE_RULES: tuple[tuple[str, Check, str], ...] = (
     ("image_size", _or_null(_int_at_least(1)), "a positive integer or null"),
     ("default_image_size", *_POSITIVE_INT),
     ("moco.queue_size", *_POSITIVE_INT),
+    ("trainer.checkpoint_every_n_steps", *_COUNT),
     ("data.num_workers", *_COUNT),
     ("num_workers", *_COUNT),
     ("seed", *_COUNT),

@@ -7,17 +7,22 @@ import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
 import torch
+
+from medfoundry.errors import Interrupted
 
 
 def seed_everything(seed: int) -> None:
@@ -172,3 +177,65 @@ def record_run(run_dir: str | Path, config: dict[str, Any], name: str = "config.
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / name, config)
     atomic_write_json(run_dir / "versions.json", {**versions(), "git_commit": git_commit()})
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopSignals:
+    """What SIGTERM and Ctrl-C do: stop at a safe point when a training loop asked for one
+    (``defer_to``), else (and at a second signal) raise ``Interrupted`` at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._defer: Callable[[int], None] | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        """The signal handler: the first signal goes to the deferring loop when there is one."""
+        first = self.received is None
+        self.received = self.received or int(signum)
+        if first and self._defer is not None:
+            self._defer(int(signum))
+            return
+        raise Interrupted(int(signum))
+
+    @contextmanager
+    def defer_to(self, stop: Callable[[int], None]) -> Iterator[None]:
+        """While the block runs, the first signal calls ``stop(signum)`` (which must make the
+        loop stop at its next safe point) instead of raising."""
+        previous, self._defer = self._defer, stop
+        try:
+            yield
+        finally:
+            self._defer = previous
+
+
+_ACTIVE: list[StopSignals] = []
+
+
+def active_stop_signals() -> StopSignals | None:
+    """The innermost ``stop_signals`` block's handler, or None outside one."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+@contextmanager
+def stop_signals() -> Iterator[StopSignals]:
+    """Handle SIGTERM (what ``timeout``, SLURM and docker send) and SIGINT as ``StopSignals``
+    for the block; the previous handlers come back after it. An ignored signal stays ignored;
+    off the main thread, where Python cannot set handlers, the block keeps the ones it has."""
+    guard = StopSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield guard
+        return
+    # a signal the parent ignores stays ignored (a background job's SIGINT, `nohup`)
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    previous = {s: h for s, h in previous.items() if h is not signal.SIG_IGN}
+    for s in previous:
+        signal.signal(s, guard.handle)
+    _ACTIVE.append(guard)
+    try:
+        yield guard
+    finally:
+        _ACTIVE.remove(guard)
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)

@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from medfoundry.methods import METHODS, STAGE_PLANS, AdamV2, build_method
-from medfoundry.methods.adam_v2 import adam_v2_stages, decompose_loss, dino_cross_entropy
+from medfoundry.methods.adam_v2 import (
+    adam_v2_stages,
+    centred_targets,
+    decompose_loss,
+    dino_cross_entropy,
+    sinkhorn_targets,
+    target_entropies,
+)
 from medfoundry.nets import create_backbone
 
 VIEWS = {"n_local": 2, "local_size": 16, "part_size": 16}
@@ -177,7 +184,7 @@ def test_dino_cross_entropy_matches_the_pairwise_definition() -> None:
     g = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(4, 3, 10, generator=g), torch.randn(2, 3, 10, generator=g)
     center = torch.randn(1, 10, generator=g)
-    loss = dino_cross_entropy(student, teacher, center, 0.1, 0.04, skip_same=True)
+    loss = dino_cross_entropy(student, centred_targets(teacher, center, 0.04), 0.1, skip_same=True)
     terms = []
     for i in range(2):
         target = F.softmax((teacher[i] - center) / 0.04, dim=-1)
@@ -185,7 +192,9 @@ def test_dino_cross_entropy_matches_the_pairwise_definition() -> None:
             if i != j:
                 terms.append(-(target * F.log_softmax(student[j] / 0.1, dim=-1)).sum(-1).mean())
     torch.testing.assert_close(loss, torch.stack(terms).mean())
-    full = dino_cross_entropy(student, teacher[:1], center, 0.1, 0.04, skip_same=False)
+    full = dino_cross_entropy(
+        student, centred_targets(teacher[:1], center, 0.04), 0.1, skip_same=False
+    )
     target = F.softmax((teacher[0] - center) / 0.04, dim=-1)
     manual = torch.stack(
         [-(target * F.log_softmax(s / 0.1, dim=-1)).sum(-1).mean() for s in student]
@@ -233,3 +242,32 @@ def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError):
         model.set_level(-1)
     assert math.isclose(model.center.shape[-1], 64)
+
+
+def test_sinkhorn_targets_balance_prototypes_where_a_lagging_centre_does_not() -> None:
+    g = torch.Generator().manual_seed(0)
+    # a sharp teacher whose logits all favour prototype 0 (DINO's one-prototype collapse),
+    # plus a small image-specific part
+    logits = 0.02 * torch.randn(64, 32, generator=g)
+    logits[:, 0] += 0.5
+    q = sinkhorn_targets(logits, 0.02, iterations=3)
+    torch.testing.assert_close(q.sum(-1), torch.ones(64))  # each row a distribution
+    assert q.mean(0).max() < 2.0 / 32  # no prototype takes the batch
+    stale = centred_targets(logits, torch.zeros(1, 32), 0.02)  # the centre has not caught up
+    assert stale.mean(0)[0] > 0.99
+    _, sk_batch = target_entropies(q)
+    _, stale_batch = target_entropies(stale)
+    assert sk_batch > 0.95 and stale_batch < 0.05
+    # the image-specific part survives: each row's favourite is its own largest deviation
+    own = (logits - logits.mean(0, keepdim=True))[:, 1:].argmax(-1) + 1
+    assert (q[:, 1:].argmax(-1) + 1 == own).float().mean() > 0.8
+
+
+def test_sinkhorn_centering_trains_and_needs_no_centre() -> None:
+    model = tiny(centering="sinkhorn")
+    x = images(4)
+    out = model(x)
+    assert torch.isfinite(out["loss"]) and out["loss"].requires_grad
+    out["loss"].backward()
+    with pytest.raises(ValueError, match="centering"):
+        tiny(centering="mean")

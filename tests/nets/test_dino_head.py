@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from medfoundry.methods.signals import mean_length
 from medfoundry.nets.dino_head import LocalizabilityHead
 
 
@@ -46,3 +47,17 @@ def test_state_dict_and_safetensors_round_trip(tmp_path) -> None:
     assert twin.last_layer.parametrizations.weight.original1.data_ptr() != (
         h.last_layer.parametrizations.weight.original1.data_ptr()
     )
+
+
+def test_batchnorm_options_centre_embeddings_that_share_one_direction() -> None:
+    torch.manual_seed(0)
+    # post-ReLU-like features: one shared positive direction plus a small per-image part
+    feats = 1.0 + 0.05 * torch.randn(64, 16)
+    plain = LocalizabilityHead(16, out_dim=32, hidden_dim=24, bottleneck_dim=8)
+    bn = LocalizabilityHead(16, out_dim=32, hidden_dim=24, bottleneck_dim=8, bottleneck_bn=True)
+    hidden = LocalizabilityHead(16, out_dim=32, hidden_dim=24, bottleneck_dim=8, use_bn=True)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in hidden.mlp) == 2
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.mlp)
+    assert float(mean_length(plain.embed(feats))) > 0.95  # nearly one vector
+    assert float(mean_length(bn.embed(feats))) < 0.5  # centred over the batch
+    assert float(mean_length(hidden.embed(feats))) < float(mean_length(plain.embed(feats)))

@@ -45,7 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medfoundry.methods.distributed import concat_all_gather
+from medfoundry.methods.distributed import (
+    all_reduce_max_,
+    all_reduce_sum_,
+    concat_all_gather,
+    world_size,
+)
 from medfoundry.methods.signals import mean_length, retrieval_top1, spread
 from medfoundry.methods.stages import Stage
 from medfoundry.methods.stateless import call_keeping_buffers
@@ -54,30 +59,47 @@ from medfoundry.nets.heads import mlp_projector
 from medfoundry.pretext.adam_v2 import AdamV2Augment, concentric_views, multicrop_views
 
 MODES = ("L", "LCD")
+CENTERINGS = ("ema", "sinkhorn")
 N_PARTS = 4  # the 2 x 2 part grid of the whole (pretext.adam_v2.GRID ** 2)
 
 
 # --- losses: pure functions ----------------------------------------------------------------------
+def centred_targets(teacher: Tensor, center: Tensor, teacher_temp: float) -> Tensor:
+    """DINO's teacher targets ``softmax((teacher - center) / teacher_temp)`` of logits (..., K)."""
+    return F.softmax((teacher.detach().float() - center.float()) / teacher_temp, dim=-1)
+
+
+@torch.no_grad()
+def sinkhorn_targets(teacher: Tensor, teacher_temp: float, iterations: int = 3) -> Tensor:
+    """Teacher targets by Sinkhorn-Knopp (SwAV, DINOv2's ``sinkhorn_knopp_teacher``) of logits
+    (N, K), N pooled over every rank: each row a distribution, every prototype given an equal
+    share of the batch. Unlike the running centre it sharpens relative to how the images differ,
+    so targets cannot go uniform while the embeddings still differ (docs/adam_v2.md)."""
+    logits = teacher.detach().float() / teacher_temp
+    q = torch.exp(logits - all_reduce_max_(logits.max().clone())).t()  # (K, N)
+    k, n = q.shape
+    n_all = n * world_size()
+    q /= all_reduce_sum_(q.sum().clone())
+    for _ in range(int(iterations)):
+        q /= all_reduce_sum_(q.sum(dim=1, keepdim=True)) * k  # each prototype: 1 / K
+        q /= q.sum(dim=0, keepdim=True) * n_all  # each sample: 1 / N
+    return (q * n_all).t()
+
+
 def dino_cross_entropy(
-    student: Tensor,
-    teacher: Tensor,
-    center: Tensor,
-    student_temp: float,
-    teacher_temp: float,
-    skip_same: bool,
+    student: Tensor, targets: Tensor, student_temp: float, skip_same: bool
 ) -> Tensor:
     """DINO's loss: mean over (teacher view i, student view j) pairs of the cross-entropy between
-    ``softmax((teacher_i - center) / teacher_temp)`` and ``softmax(student_j / student_temp)``.
+    the teacher's targets (``centred_targets`` or ``sinkhorn_targets``) and
+    ``softmax(student_j / student_temp)``.
 
     Args:
-        student: (Vs, B, K) logits; teacher: (Vt, B, K) logits (no gradient is taken through it).
-        center: (1, K) running mean of the teacher logits.
+        student: (Vs, B, K) logits; targets: (Vt, B, K) distributions (no gradient through them).
         skip_same: skip the pairs i == j (the teacher views are the student's first Vt views).
     """
-    targets = F.softmax((teacher.detach().float() - center.float()) / teacher_temp, dim=-1)
     log_probs = F.log_softmax(student.float() / student_temp, dim=-1)
-    ce = -torch.einsum("ibk,jbk->ij", targets, log_probs) / student.shape[1]  # (Vt, Vs)
-    if skip_same:
+    ce = -torch.einsum("ibk,jbk->ij", targets.detach().float(), log_probs) / student.shape[1]
+    if skip_same:  # ce: (Vt, Vs)
         vt, vs = ce.shape
         keep = ~torch.eye(vt, vs, dtype=torch.bool, device=ce.device)
         return ce[keep].mean()
@@ -111,10 +133,10 @@ def decompose_loss(pred: Tensor, targets: Tensor, norm: str = "chunk") -> Tensor
 
 
 @torch.no_grad()
-def target_entropies(teacher: Tensor, center: Tensor, teacher_temp: float) -> tuple[Tensor, Tensor]:
-    """(mean entropy of the teacher's targets, entropy of their batch mean), both over log K,
-    of teacher logits (N, K): DINO's two collapse modes (uniform: 1, 1; one prototype: 0, 0)."""
-    probs = F.softmax((teacher.float() - center.float()) / teacher_temp, dim=-1)
+def target_entropies(probs: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean entropy of the teacher's target distributions (N, K), entropy of their batch mean),
+    both over log K: DINO's two collapse modes (uniform: 1, 1; one prototype: 0, 0)."""
+    probs = probs.float()
     log_k = math.log(probs.shape[-1])
     each = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
     mean = probs.mean(0)
@@ -132,9 +154,18 @@ class AdamV2(nn.Module):
         level: granularity g (``set_level``); mode: ``"L"`` or ``"LCD"`` (``set_mode``).
         augment: view parameters (``AdamV2Augment`` or a dict of its fields).
         head_dim, head_hidden, head_bottleneck: the localizability head (65536, 2048, 256).
+        head_bn: BatchNorm in the head's hidden layers (DINO's ``use_bn_in_head``; the
+            reference: none; docs/adam_v2.md).
+        bottleneck_bn: BatchNorm (no affine) on the bottleneck before its L2-norm (not in the
+            reference; docs/adam_v2.md).
+        head_norm_last_layer: keep the prototypes' weight-norm gain at 1 (logits are cosines;
+            the reference and DINO's default); False lets the gain, and so the logit scale, learn.
         momentum, momentum_end: teacher EMA, cosine from the first to the second over the stage.
         center_momentum: momentum of the teacher-logit centre.
         student_temp, teacher_temp: DINO temperatures.
+        centering: how the teacher's logits become targets: ``"ema"`` (DINO's and the
+            reference's running centre, momentum ``center_momentum``) or ``"sinkhorn"``
+            (Sinkhorn-Knopp over the batch, DINOv2's; ``sinkhorn_iterations`` rounds).
         loss_weights: weights of (L, C, D).
         decompose_norm: ``"chunk"`` (default) or ``"whole"`` (the reference), see
             ``decompose_loss``.
@@ -152,11 +183,16 @@ class AdamV2(nn.Module):
         head_dim: int = 65536,
         head_hidden: int = 2048,
         head_bottleneck: int = 256,
+        head_bn: bool = False,
+        bottleneck_bn: bool = False,
+        head_norm_last_layer: bool = True,
         momentum: float = 0.996,
         momentum_end: float = 1.0,
         center_momentum: float = 0.9,
         student_temp: float = 0.1,
         teacher_temp: float = 0.04,
+        centering: str = "ema",
+        sinkhorn_iterations: int = 3,
         loss_weights: Sequence[float] = (1.0, 1.0, 1.0),
         decompose_norm: str = "chunk",
         freeze_last_layer_epochs: int = 1,
@@ -173,6 +209,10 @@ class AdamV2(nn.Module):
             raise ValueError("temperatures must be > 0")
         if len(loss_weights) != 3:
             raise ValueError(f"loss_weights needs 3 values (L, C, D), got {loss_weights!r}")
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+        if int(sinkhorn_iterations) < 1:
+            raise ValueError(f"sinkhorn_iterations must be >= 1, got {sinkhorn_iterations!r}")
         if decompose_norm not in ("chunk", "whole"):
             raise ValueError(f"decompose_norm must be 'chunk' or 'whole', got {decompose_norm!r}")
         self.out_size = int(out_size)
@@ -182,6 +222,7 @@ class AdamV2(nn.Module):
         self.momentum = float(momentum)
         self.center_momentum = float(center_momentum)
         self.student_temp, self.teacher_temp = float(student_temp), float(teacher_temp)
+        self.centering, self.sinkhorn_iterations = centering, int(sinkhorn_iterations)
         self.loss_weights = tuple(float(w) for w in loss_weights)
         self.decompose_norm = decompose_norm
         self.freeze_last_layer_epochs = int(freeze_last_layer_epochs)
@@ -189,7 +230,15 @@ class AdamV2(nn.Module):
 
         dim = int(backbone.out_dim)
         self.backbone = backbone
-        self.head = LocalizabilityHead(dim, head_dim, head_hidden, head_bottleneck)
+        self.head = LocalizabilityHead(
+            dim,
+            head_dim,
+            head_hidden,
+            head_bottleneck,
+            norm_last_layer=bool(head_norm_last_layer),
+            use_bn=bool(head_bn),
+            bottleneck_bn=bool(bottleneck_bn),
+        )
         self.compose = mlp_projector(N_PARTS * dim, dim, dim)  # 4D -> D -> D
         self.decompose = mlp_projector(dim, dim, N_PARTS * dim)  # D -> D -> 4D
         self.teacher_backbone = copy.deepcopy(backbone)
@@ -305,6 +354,24 @@ class AdamV2(nn.Module):
         z = head.embed(feats)
         return head.last_layer(z), z
 
+    def teacher_targets(self, t_logits: Tensor) -> Tensor:
+        """The teacher's target distributions (N, K) of its logits (N, K) (``centering``)."""
+        if self.centering == "sinkhorn":
+            return sinkhorn_targets(t_logits, self.teacher_temp, self.sinkhorn_iterations)
+        return centred_targets(t_logits, self.center, self.teacher_temp)
+
+    def _localizability(
+        self, s_logits: Tensor, t_logits: Tensor, b: int, skip_same: bool
+    ) -> tuple[Tensor, Tensor]:
+        """(DINO loss, targets (Vt B, K)) of student logits (Vs B, K) against the teacher's
+        (Vt B, K), both view-major over a batch of ``b`` images."""
+        k = s_logits.shape[-1]
+        targets = self.teacher_targets(t_logits)
+        loss = dino_cross_entropy(
+            s_logits.view(-1, b, k), targets.view(-1, b, k), self.student_temp, skip_same
+        )
+        return loss, targets
+
     def _forward_l(
         self, images: Tensor, level: int, update: bool, generator: torch.Generator | None
     ) -> dict[str, Tensor]:
@@ -320,17 +387,9 @@ class AdamV2(nn.Module):
         s_feats = self._encode(self.backbone, student_in, keep=not update)
         s_feat = torch.cat(s_feats)  # ((2 + N) B, D)
         s_logits, s_z = self._head(self.head, s_feat)
-        k = s_logits.shape[-1]
-        loss_l = dino_cross_entropy(
-            s_logits.view(-1, b, k),
-            t_logits.view(2, b, k),
-            self.center,
-            self.student_temp,
-            self.teacher_temp,
-            skip_same=True,
-        )
+        loss_l, targets = self._localizability(s_logits, t_logits, b, skip_same=True)
         probe = s_feat[-b:] if loc.shape[0] else s_feat[b : 2 * b]  # last local, else global 2
-        signals = self._signals(s_z[:b], probe, t_feat[:b], t_logits)
+        signals = self._signals(s_z[:b], probe, t_feat[:b], targets)
         if update:
             self.update_center(t_logits)
         return {"loss": self.loss_weights[0] * loss_l, "loss_l": loss_l.detach(), **signals}
@@ -350,15 +409,7 @@ class AdamV2(nn.Module):
         s_x0, s_x1, s_parts, *s_loc = self._encode(self.backbone, student_in, not update)
         s_views = torch.cat([s_x1, *s_loc])  # ((1 + N) B, D): x1, then the locals view-major
         s_logits, s_z = self._head(self.head, s_views)
-        k = s_logits.shape[-1]
-        loss_l = dino_cross_entropy(
-            s_logits.view(-1, b, k),
-            t_logits.view(1, b, k),
-            self.center,
-            self.student_temp,
-            self.teacher_temp,
-            skip_same=False,
-        )
+        loss_l, targets = self._localizability(s_logits, t_logits, b, skip_same=False)
         d = s_x0.shape[-1]
         part_feats = s_parts.view(N_PARTS, b, d).transpose(0, 1)  # (B, 4, D)
         loss_c = compose_loss(self.compose(part_feats.reshape(b, N_PARTS * d)), t_x0)
@@ -366,7 +417,7 @@ class AdamV2(nn.Module):
         loss_d = decompose_loss(self.decompose(s_x0), part_targets, self.decompose_norm)
         w_l, w_c, w_d = self.loss_weights
         probe = s_views[-b:]  # the largest concentric crop (x1 without local crops)
-        signals = self._signals(s_z[:b], probe, t_x0, t_logits)
+        signals = self._signals(s_z[:b], probe, t_x0, targets)
         if update:
             self.update_center(t_logits)
         return {
@@ -379,11 +430,12 @@ class AdamV2(nn.Module):
 
     @torch.no_grad()
     def _signals(
-        self, z: Tensor, probe: Tensor, target: Tensor, t_logits: Tensor
+        self, z: Tensor, probe: Tensor, target: Tensor, targets: Tensor
     ) -> dict[str, Tensor]:
         """Collapse signals (module docstring): z (B, bottleneck) student embeddings; probe and
-        target (B, D) student/teacher pooled features of two views of each image."""
-        each, batch = target_entropies(t_logits, self.center, self.teacher_temp)
+        target (B, D) student/teacher pooled features of two views of each image; targets the
+        teacher's target distributions (N, K)."""
+        each, batch = target_entropies(targets)
         return {
             "retrieval": retrieval_top1(probe, target),
             "mean_length": mean_length(z),

@@ -47,3 +47,19 @@ def broadcast_(tensor: Tensor, src: int = 0) -> Tensor:
     if is_distributed():
         dist.broadcast(tensor, src=src)
     return tensor
+
+
+@torch.no_grad()
+def all_reduce_sum_(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over all ranks in place (identity without a group)."""
+    if is_distributed():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+@torch.no_grad()
+def all_reduce_max_(tensor: Tensor) -> Tensor:
+    """Element-wise maximum of ``tensor`` over all ranks, in place (identity without a group)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor

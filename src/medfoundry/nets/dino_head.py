@@ -1,8 +1,9 @@
 """DINO's projection head (Adam-v2's localizability head): MLP, L2-norm, weight-normed prototypes.
 
 ``LocalizabilityHead(D)``: Linear D -> hidden, GELU, Linear hidden -> hidden, GELU, Linear
-hidden -> bottleneck (no BatchNorm), L2-normalise, then a bias-free linear layer to ``out_dim``
-prototypes whose rows are weight-normalised with the gain ``g`` frozen at 1 (DINO's
+hidden -> bottleneck (no BatchNorm unless ``use_bn``: DINO's ``use_bn_in_head``, BatchNorm after
+each hidden Linear, DINO's setting for ResNets), L2-normalise, then a bias-free linear layer to
+``out_dim`` prototypes whose rows are weight-normalised with the gain ``g`` frozen at 1 (DINO's
 ``norm_last_layer=True``): every logit is a cosine between the bottleneck and a prototype.
 
 The weight norm is ``torch.nn.utils.parametrizations.weight_norm`` (the deprecated hook-based
@@ -27,6 +28,9 @@ class LocalizabilityHead(nn.Module):
         out_dim: number of prototypes K (65,536 in Adam-v2 and DINO).
         hidden_dim, bottleneck_dim: MLP widths (Adam-v2: 2048, 256).
         norm_last_layer: freeze the weight-norm gain at 1 (DINO's default and Adam-v2's).
+        use_bn: BatchNorm1d after the two hidden Linear layers (before GELU).
+        bottleneck_bn: BatchNorm1d without affine on the bottleneck before the L2-norm: the
+            batch's embeddings are centred, so they cannot all point one way (docs/adam_v2.md).
     """
 
     def __init__(
@@ -36,15 +40,20 @@ class LocalizabilityHead(nn.Module):
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         norm_last_layer: bool = True,
+        use_bn: bool = False,
+        bottleneck_bn: bool = False,
     ) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, bottleneck_dim),
-        )
+        layers: list[nn.Module] = []
+        for width_in in (in_dim, hidden_dim):
+            layers.append(nn.Linear(width_in, hidden_dim))
+            if use_bn:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.GELU())
+        layers.append(nn.Linear(hidden_dim, bottleneck_dim))
+        if bottleneck_bn:
+            layers.append(nn.BatchNorm1d(bottleneck_dim, affine=False))
+        self.mlp = nn.Sequential(*layers)
         for m in self.mlp:
             if isinstance(m, nn.Linear):  # DINO's init: truncated normal, std 0.02, zero bias
                 nn.init.trunc_normal_(m.weight, std=0.02)

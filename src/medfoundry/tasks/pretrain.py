@@ -9,9 +9,12 @@ finishes, an exported backbone (`checkpoint/model.safetensors` + `medfoundry.jso
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +29,22 @@ from medfoundry.data.normalize import XRAY_NORMALIZATION
 from medfoundry.data.pretrain import TensorImageDataset, collect_images, load_images
 from medfoundry.data.store3d_dataset import StoreCropDataset
 from medfoundry.data.store3d_reader import Store, open_store
-from medfoundry.errors import MedfoundryError
+from medfoundry.errors import Interrupted, MedfoundryError
 from medfoundry.evaluate.curves import plot_pretrain_curves, plot_reconstructions
 from medfoundry.methods import STAGE_PLANS, Stage, build_method
 from medfoundry.nets import create_backbone
-from medfoundry.runtime import atomic_write_json, record_run, seed_everything
-from medfoundry.train.engine import make_trainer, resume_path
+from medfoundry.runtime import (
+    atomic_write_json,
+    is_temp_file,
+    record_run,
+    seed_everything,
+    stop_signals,
+)
+from medfoundry.train.engine import make_trainer, read_checkpoint, resume_path, stop_at_batch_end
 from medfoundry.train.guards import PruningCollapseGuard, RepresentationCollapseGuard
 from medfoundry.train.pretrain_module import PretrainModule
 from medfoundry.train.probe import OnlineProbe, ProbeSet, load_probe_set
+from medfoundry.train.resume import EpochShuffle, ResumeState
 from medfoundry.zoo import BackboneSpec, CheckpointMeta, save_checkpoint
 from medfoundry.zoo.meta import AXIS_ORDER_2D, AXIS_ORDER_3D
 
@@ -83,6 +93,10 @@ class LevelEachEpoch(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.method.set_level(self.levels[min(trainer.current_epoch, len(self.levels) - 1)])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Also at the start, for a mid-epoch resume (Lightning skips that epoch's start)."""
+        self.on_train_epoch_start(trainer, pl_module)
 
 
 def _split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,13 +225,12 @@ def _build(cfg: dict[str, Any], level: int) -> torch.nn.Module:
 
 def _image_data(
     cfg: dict[str, Any],
-    data: Sequence[str | Path],
+    paths: Sequence[Path],
     seed: int,
     normalization: dict[str, Any],
     progress: bool,
 ) -> tuple[Dataset, Dataset | None, int]:
     """2D images decoded once into memory; (train set, validation set or None, image count)."""
-    paths = collect_images(data)
     images = load_images(
         paths,
         int(cfg["data"]["load_size"]),
@@ -310,8 +323,108 @@ def _decoder_config(method: torch.nn.Module) -> dict[str, Any] | None:
 
 
 def _load_module_weights(module: PretrainModule, ckpt: Path) -> None:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
+    """The weights of a stage checkpoint, read safely (``engine.read_checkpoint``)."""
+    module.load_state_dict(read_checkpoint(ckpt)["state_dict"])
+
+
+def _relative_files(data: Sequence[str | Path], files: Sequence[Path]) -> list[tuple[str, int]]:
+    """(path relative to the `--data` entry that holds it, size in bytes) of each file, sorted:
+    what identifies the training data, wherever its folder was moved."""
+    roots = [Path(d) for d in data]
+    out = []
+    for f in files:
+        root = next((r for r in roots if r.is_dir() and f.is_relative_to(r)), None)
+        rel = f.relative_to(root).as_posix() if root is not None else f.name
+        out.append((rel, f.stat().st_size))
+    return sorted(out)
+
+
+def data_fingerprint(data: Sequence[str | Path], files: Sequence[Path]) -> dict[str, Any]:
+    """{files, sha256} of the training data (relative paths and sizes, see `_relative_files`):
+    a resume with other data is refused (`check_resume`)."""
+    entries = _relative_files(data, files)
+    digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+    return {"files": len(entries), "sha256": digest}
+
+
+def _store_files(root: str | Path) -> list[Path]:
+    """Every file of a 3D store (not the temporary files of a write in progress)."""
+    return sorted(p for p in Path(root).rglob("*") if p.is_file() and not is_temp_file(p))
+
+
+#: Keys a resume may change: where and how the run executes, not what it computes.
+RESUME_FREE = (
+    "data_sources",
+    "data.num_workers",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.loggers",
+    "trainer.checkpoint_every_n_steps",
+)
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {dotted key: value} (lists are values)."""
+    if isinstance(obj, dict) and (obj or not prefix):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`key old -> new` for each config key that differs, outside `RESUME_FREE`."""
+    a, b = _flat(old), _flat(new)
+    free = tuple(RESUME_FREE)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in free or key.startswith(tuple(f"{f}." for f in free)):
+            continue
+        if key.startswith("data_fingerprint."):
+            continue
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            out.append(
+                f"{key} {json.dumps(a.get(key, '<unset>'))} -> {json.dumps(b.get(key, '<unset>'))}"
+            )
+    return out
+
+
+def check_resume(path: Path, record: dict[str, Any]) -> None:
+    """Refuse (one line naming what differs) to resume the run whose `config.json` is `path`
+    with another resolved config or other training data (`data_fingerprint`)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MedfoundryError(f"{path}: unreadable run record ({exc})") from exc
+    if not isinstance(old, dict):
+        raise MedfoundryError(f"{path}: not a run record (a JSON object)")
+    new = json.loads(json.dumps(record, default=str))
+    before, after = old.get("data_fingerprint"), new.get("data_fingerprint")
+    if before is not None and before != after:
+        raise MedfoundryError(
+            f"{path}: --resume with other training data than the run's "
+            f"({before.get('files')} files -> {after.get('files')} files, or their names or "
+            "sizes differ); pass the run's --data or choose a new --out"
+        )
+    diffs = _differences(old, new)
+    if diffs:
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise MedfoundryError(
+            f"{path}: --resume with a changed config: {diffs[0]}{more}; rerun with the run's "
+            "settings or choose a new --out"
+        )
+
+
+def _read_timings(path: Path) -> dict[str, float]:
+    """The seconds per stage a run recorded (`timings.json`), {} when absent or unreadable."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in obj.items()} if isinstance(obj, dict) else {}
 
 
 def checkpoint_metadata(
@@ -381,9 +494,56 @@ def pretrain(
 ) -> Path:
     """Pretrain a backbone with `cfg["method"]` on the images under `data`; returns the run folder.
 
-    The exported backbone lands in `out_dir/checkpoint/` once every stage has finished.
+    The exported backbone lands in `out_dir/checkpoint/` once every stage has finished. SIGTERM
+    or Ctrl-C stops at the next batch with a resumable `last.ckpt` and raises ``Interrupted``
+    (the CLI exits 143 / 130); `resume` continues from each stage's `last.ckpt`, refusing a
+    changed config or other data (`check_resume`).
     """
-    out_dir = Path(out_dir)
+    with stop_signals(), _naming_run(Path(out_dir)):
+        return _pretrain(cfg, data, Path(out_dir), resume, progress)
+
+
+@contextmanager
+def _naming_run(out_dir: Path) -> Iterator[None]:
+    """An ``Interrupted`` leaving the block names the run folder that `--resume` continues."""
+    try:
+        yield
+    except Interrupted as exc:
+        if exc.run_dir is not None:
+            raise
+        raise Interrupted(exc.signum, out_dir) from exc
+
+
+def _run_record(
+    cfg: dict[str, Any], data: Sequence[str | Path], n_items: int, fingerprint: dict[str, Any]
+) -> dict[str, Any]:
+    """What `config.json` stores: the resolved config, the data and its fingerprint."""
+    return {
+        **cfg,
+        "data_sources": [str(d) for d in data],
+        "n_images": n_items,
+        "data_fingerprint": fingerprint,
+    }
+
+
+def _record_or_check(out_dir: Path, record: dict[str, Any], resume: bool) -> None:
+    """A new run stores its record; a resumed one must match the stored record (nothing is
+    rewritten, so a refused resume leaves the run as it was)."""
+    stored = out_dir / "config.json"
+    if resume and stored.is_file():
+        check_resume(stored, record)
+    else:
+        record_run(out_dir, record)
+
+
+def _pretrain(
+    cfg: dict[str, Any],
+    data: Sequence[str | Path],
+    out_dir: Path,
+    resume: bool,
+    progress: bool,
+) -> Path:
+    """`pretrain` inside its signal handling."""
     if cfg["method"] == "moco":  # MoCo-v2 never prunes, whichever preset it borrows
         cfg.setdefault("moco", {})["prune_threshold"] = None
     stages = training_stages(cfg)
@@ -397,16 +557,26 @@ def pretrain(
     if cfg["method"] in VOLUME_METHODS:
         train_set, val_set, n_items, preprocessing = _volume_data(cfg, data, seed)
         cfg["normalization"] = {"name": "store", **preprocessing}  # what the store applied
+        fingerprint = data_fingerprint(data, _store_files(data[0]))
+        _record_or_check(out_dir, _run_record(cfg, data, n_items, fingerprint), resume)
     else:
         normalization = cfg.setdefault("normalization", dict(XRAY_NORMALIZATION))
-        train_set, val_set, n_items = _image_data(cfg, data, seed, normalization, progress)
+        paths = collect_images(data)
+        fingerprint = data_fingerprint(data, paths)
+        _record_or_check(out_dir, _run_record(cfg, data, len(paths), fingerprint), resume)
+        train_set, val_set, n_items = _image_data(cfg, paths, seed, normalization, progress)
     probe = _probe_set(cfg, progress)
-    record_run(out_dir, {**cfg, "data_sources": [str(d) for d in data], "n_images": n_items})
 
     batch_size = min(int(cfg["optim"]["batch_size"]), len(train_set))
     workers = int(cfg["data"].get("num_workers", 0))
+    # the order of each epoch from (seed, epoch), and a loader seed of its own (ResumeState),
+    # so that the global random stream (views, masks) is only the model's and a resume repeats it
     train_loader = DataLoader(
-        train_set, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers
+        train_set,
+        batch_size=batch_size,
+        sampler=EpochShuffle(len(train_set), seed),
+        drop_last=True,
+        num_workers=workers,
     )
     min_batch = 2 if cfg["method"] == "volume_fusion" else 1  # fusion pairs crops of a batch
     val_loader = (
@@ -436,7 +606,8 @@ def pretrain(
     tcfg = cfg.get("trainer", {})
     monitor, mode = selection_rule(cfg, val_loader is not None, probe is not None)
     prev_stage: Path | None = None
-    timings: dict[str, float] = {}
+    timings_path = out_dir / "timings.json"
+    timings = _read_timings(timings_path) if resume else {}
     for i, stage in enumerate(stages):
         stage_dir = out_dir / f"stage{i}_{stage.name}"
         level, n_epochs = stage.levels[0], stage.epochs
@@ -454,6 +625,10 @@ def pretrain(
                 _load_module_weights(module, _selected_ckpt(prev_stage))
                 if hasattr(method, "reset_queue"):
                     method.reset_queue()
+            seed_everything(seed + i)  # each stage's stream its own: a resumed stage repeats it
+            ckpt = resume_path(stage_dir) if resume else None
+            # read safely first: a crafted or damaged file is refused here, naming it
+            ckpt_step = int(read_checkpoint(ckpt).get("global_step", 0)) if ckpt else None
             trainer = make_trainer(
                 stage_dir,
                 max_epochs=n_epochs,
@@ -470,22 +645,28 @@ def pretrain(
                     *([OnlineProbe(probe)] if probe is not None else []),
                     *_guards(cfg, max(stage.levels), stage_dir, n_epochs * steps_per_epoch),
                     NewCropsEachEpoch(),
+                    ResumeState(train_loader, seed),
                     *per_epoch,
                 ],
                 loggers=list(tcfg.get("loggers", ["csv"])),
+                checkpoint_every_n_steps=int(tcfg.get("checkpoint_every_n_steps", 0)),
+                keep_log_before=ckpt_step,
             )
             start = time.time()
             try:
-                trainer.fit(
-                    module,
-                    train_dataloaders=train_loader,
-                    val_dataloaders=val_loader,
-                    ckpt_path=resume_path(stage_dir) if resume else None,
-                )
+                with stop_at_batch_end(trainer, out_dir):
+                    trainer.fit(
+                        module,
+                        train_dataloaders=train_loader,
+                        val_dataloaders=val_loader,
+                        ckpt_path=ckpt,
+                        weights_only=True,
+                    )
             finally:  # curves of every stage so far, also when a stage stops with an error
+                timings[stage_dir.name] = timings.get(stage_dir.name, 0.0) + time.time() - start
                 if trainer.is_global_zero:
+                    atomic_write_json(timings_path, timings)
                     plot_pretrain_curves(out_dir)
-            timings[stage_dir.name] = time.time() - start
             _load_module_weights(module, _selected_ckpt(stage_dir))
             if trainer.is_global_zero:
                 weights, meta, dec = export(stages[: i + 1])
@@ -499,7 +680,7 @@ def pretrain(
         )
         weights, meta, dec = export(stages)
         save_checkpoint(final, weights, meta, decoder=dec)
-        atomic_write_json(out_dir / "timings.json", timings)
+        atomic_write_json(timings_path, timings)
         if hasattr(method, "reconstruct"):
             shown_set = val_set if val_set is not None and len(val_set) else train_set
             shown = torch.stack([shown_set[j] for j in range(min(4, len(shown_set)))])

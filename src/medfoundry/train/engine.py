@@ -7,31 +7,42 @@ precision, devices, multi-node and resume behave the same everywhere.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import pickle
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.loggers.csv_logs import _ExperimentWriter as _CSVWriter
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from medfoundry.errors import MedfoundryError
-from medfoundry.runtime import atomic_path
+from medfoundry.errors import CheckpointError, Interrupted, MedfoundryError
+from medfoundry.runtime import active_stop_signals, atomic_path, atomic_write_text
 
 LOGGERS = ("csv", "tensorboard")
 
 
-def make_loggers(out_dir: Path, names: Sequence[str]) -> list[Logger]:
+def make_loggers(
+    out_dir: Path, names: Sequence[str], keep_before: int | None = None
+) -> list[Logger]:
     """CSV logs in `out_dir/logs/metrics.csv` (always first: the curves read them) and, when
-    asked, TensorBoard event files in `out_dir/tensorboard/`."""
+    asked, TensorBoard event files in `out_dir/tensorboard/`. A resumed run keeps the CSV rows
+    logged before step `keep_before` (the checkpoint's global step)."""
     unknown = sorted(set(names) - set(LOGGERS))
     if unknown:
         raise MedfoundryError(f"trainer.loggers: unknown {unknown}; choose from {list(LOGGERS)}")
-    loggers: list[Logger] = [CSVLogger(str(out_dir), name="logs", version="")]
+    loggers: list[Logger] = [
+        KeptCSVLogger(str(out_dir), name="logs", version="", keep_before=keep_before)
+    ]
     if "tensorboard" in names:
         import importlib.util
 
@@ -42,6 +53,130 @@ def make_loggers(out_dir: Path, names: Sequence[str]) -> list[Logger]:
             )
         loggers.append(TensorBoardLogger(str(out_dir), name="tensorboard", version=""))
     return loggers
+
+
+class KeptCSVLogger(CSVLogger):
+    """Lightning's CSV logger, which deletes `metrics.csv` when it starts; with `keep_before`
+    (a resumed run) the rows logged before that step stay, so the history survives a resume."""
+
+    def __init__(self, *args: Any, keep_before: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keep_before = keep_before
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is not None:
+            return self._experiment
+        path = Path(self.log_dir) / "metrics.csv"
+        kept = _csv_rows_before(path, self.keep_before) if self.keep_before is not None else None
+        writer = super().experiment  # removes the old metrics.csv
+        if kept is not None and isinstance(writer, _CSVWriter):  # rank 0 only
+            header, rows = kept
+            out = io.StringIO()
+            table = csv.DictWriter(out, fieldnames=header)  # "\r\n", as Lightning writes
+            table.writeheader()
+            table.writerows(rows)
+            atomic_write_text(path, out.getvalue())
+            writer.metrics_keys = list(header)
+        return writer
+
+
+def _csv_rows_before(path: Path, step: int) -> tuple[list[str], list[dict[str, str]]] | None:
+    """(header, rows with ``step`` < `step`) of a Lightning `metrics.csv`, or None if absent."""
+    if not path.is_file():
+        return None
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = list(reader.fieldnames or [])
+        rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) < step]
+    return (header, rows) if header else None
+
+
+class LastCheckpoint(Checkpoint):
+    """`checkpoints/last.ckpt`: what `--resume` continues from. Written after every training
+    epoch (after its validation, whether or not it improved: the best weights are
+    ModelCheckpoint's `best.ckpt`), every `every_n_steps` optimiser steps when > 0, and when
+    SIGTERM / Ctrl-C stops the loop at a batch boundary (Lightning's `SIGTERMException`)."""
+
+    def __init__(self, path: str | Path, every_n_steps: int = 0) -> None:
+        self.path = Path(path)
+        self.every_n_steps = int(every_n_steps)
+        self._saved_step: int | None = None
+
+    def _save(self, trainer: L.Trainer) -> None:
+        for logger in trainer.loggers:  # the log on disk covers every step the checkpoint has
+            logger.save()
+        trainer.save_checkpoint(self.path)
+        self._saved_step = int(trainer.global_step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        step = int(trainer.global_step)
+        if self.every_n_steps > 0 and step % self.every_n_steps == 0 and step != self._saved_step:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """A stop at a batch boundary is resumable: save it (not after other exceptions, where
+        the step may be half done)."""
+        if isinstance(exception, SIGTERMException) and int(trainer.global_step) > 0:
+            if int(trainer.global_step) != self._saved_step:
+                self._save(trainer)
+
+
+@contextmanager
+def stop_at_batch_end(trainer: L.Trainer, run_dir: str | Path) -> Iterator[None]:
+    """Run `trainer.fit` so that the first SIGTERM or Ctrl-C ends it at the next batch
+    boundary with a resumable `last.ckpt`, then raises ``Interrupted`` naming `run_dir`.
+
+    Lightning already turns SIGTERM into a stop at the batch end (its signal connector sets
+    `received_sigterm`, its loops raise `SIGTERMException`, an exit with code 0); Ctrl-C is
+    routed to the same flag, and the exit becomes ``Interrupted`` (exit 143 / 130)."""
+    guard = active_stop_signals()
+
+    def stop(signum: int) -> None:
+        trainer._signal_connector.received_sigterm = True  # Lightning's own stop flag
+
+    try:
+        if guard is None:
+            yield
+        else:
+            with guard.defer_to(stop):
+                yield
+    except SIGTERMException as exc:
+        signum = guard.received if guard is not None and guard.received else 15
+        raise Interrupted(signum, run_dir) from exc
+    except Interrupted as exc:
+        raise Interrupted(exc.signum, run_dir) from exc
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning `.ckpt` read with ``torch.load(weights_only=True)``: tensors and plain
+    state only, never arbitrary objects (a crafted file in a run folder must not run code)."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:
+            unsafe = []
+        what = f" (it pickles {', '.join(unsafe[:3])})" if unsafe else ""
+        raise CheckpointError(
+            f"{path}: refused: not a plain weights-and-state checkpoint{what}; medfoundry never "
+            "unpickles arbitrary objects from a run folder (delete the file to retrain that stage)"
+        ) from exc
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint ({first}); delete it to retrain that stage"
+        ) from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return obj
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -63,6 +198,9 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*treespec.*")
+    warnings.filterwarnings("ignore", ".*exists and is not empty.*")  # a resumed run's folder
+    # pretraining restores the data position itself (train.resume.ResumeState)
+    warnings.filterwarnings("ignore", ".*your dataloader is not resumable.*")
 
 
 def make_trainer(
@@ -85,8 +223,14 @@ def make_trainer(
     callbacks: Sequence[Callback] = (),
     gradient_clip_val: float | None = None,
     loggers: Sequence[str] = ("csv",),
+    checkpoint_every_n_steps: int = 0,
+    keep_log_before: int | None = None,
 ) -> L.Trainer:
-    """A Lightning Trainer writing logs and `checkpoints/last.ckpt` (+ best) under `out_dir`."""
+    """A Lightning Trainer writing logs and `checkpoints/last.ckpt` (+ best) under `out_dir`.
+
+    `last.ckpt` (``LastCheckpoint``) follows every epoch, and every `checkpoint_every_n_steps`
+    steps when > 0; `best.ckpt` the `monitor`. `keep_log_before` (a resumed run: the
+    checkpoint's global step) keeps the CSV log rows before that step."""
     quiet_lightning()
     cbs: list[Callback] = list(callbacks)
     if progress:
@@ -100,12 +244,17 @@ def make_trainer(
                 filename="best",
                 monitor=monitor,
                 mode=mode,
-                save_last=True,
+                save_last=False,
                 save_top_k=1,
             )
         )
+        cbs.append(LastCheckpoint(out_dir / "checkpoints" / "last.ckpt", checkpoint_every_n_steps))
         plugins.append(AtomicCheckpointIO())
-    logger: Any = make_loggers(Path(out_dir), loggers) if out_dir is not None else False
+    logger: Any = (
+        make_loggers(Path(out_dir), loggers, keep_before=keep_log_before)
+        if out_dir is not None
+        else False
+    )
     return L.Trainer(
         default_root_dir=str(out_dir) if out_dir is not None else None,
         max_epochs=max_epochs,

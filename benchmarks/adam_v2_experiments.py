@@ -1,0 +1,190 @@
+"""One-change Adam-v2 experiments at CPU scale: DINO's collapse signals and a frozen kNN probe.
+
+The project's own ``AdamV2`` module (views, student/teacher, centring, EMA, losses) in a plain
+AdamW loop with the reference's rules (linear warm-up then cosine lr, per-parameter gradient
+clipping at 3, last layer frozen for the first ``--freeze-last`` steps), small enough for minutes
+on one core (ResNet-18 width 0.25, 64² globals). Every ``--every`` steps it prints the loss and
+the signals (within-batch retrieval, the bottleneck's mean length and spread, the teacher's
+target entropy and batch-mean entropy, docs/adam_v2.md) and, with ``--probe-data``, the kNN /
+linear probe AUC of the frozen teacher backbone (what the method exports). Each flag changes
+one thing:
+
+    python benchmarks/adam_v2_experiments.py --data KERMANY_POOL JSRT_POOL/images --probe-data KERMANY_POOL
+    ... --head-bn | --centering sinkhorn | --teacher-temp 0.07 | --head-dim 1024 | --lr 1e-3 | --momentum 0.99
+    ... --mode LCD --level 1 | --tag NAME --json OUT.json
+    python benchmarks/adam_v2_experiments.py --table OUT.json     # the last row of each run
+
+`--json` appends one record per run (settings and rows) to a JSON-lines file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+from bench_common import append_record, last_rows_table, print_row
+
+from medfoundry.data.normalize import XRAY_NORMALIZATION
+from medfoundry.data.pretrain import collect_images, load_images
+from medfoundry.methods import build_method
+from medfoundry.nets import create_backbone
+from medfoundry.train.pretrain_module import clip_per_parameter_
+from medfoundry.train.probe import load_probe_set, probe_scores
+
+SIGNALS = (
+    "loss_l",
+    "retrieval",
+    "mean_length",
+    "spread",
+    "teacher_entropy",
+    "teacher_batch_entropy",
+)
+TABLE = (*SIGNALS, "knn_auc", "linear_auc")
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, floor: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then a cosine from ``base`` to ``floor``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return floor + (base - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--table", type=Path, help="print the markdown table of a --json file, exit")
+    p.add_argument("--data", nargs="+", help="folders of unlabeled images")
+    p.add_argument("--probe-data", help="class folders for the kNN / linear probe")
+    p.add_argument("--probe-per-class", type=int, default=200)
+    p.add_argument("--images", type=int, default=0, help="use only this many (0: all)")
+    p.add_argument("--load-size", type=int, default=128)
+    p.add_argument("--view-size", type=int, default=64)
+    p.add_argument("--local-size", type=int, default=24)
+    p.add_argument("--n-local", type=int, default=4)
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--mode", choices=["L", "LCD"], default="L")
+    p.add_argument("--level", type=int, default=0)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4 * 32 / 256, help="the reference's scaled lr")
+    p.add_argument("--warmup", type=int, default=15)
+    p.add_argument("--weight-decay", type=float, default=0.04)
+    p.add_argument("--head-dim", type=int, default=4096)
+    p.add_argument("--head-hidden", type=int, default=512)
+    p.add_argument("--head-bn", action="store_true")
+    p.add_argument("--bottleneck-bn", action="store_true")
+    p.add_argument("--free-gain", action="store_true", help="learn the prototypes' norm gain")
+    p.add_argument("--teacher-temp", type=float, default=0.04)
+    p.add_argument("--student-temp", type=float, default=0.1)
+    p.add_argument("--center-momentum", type=float, default=0.9)
+    p.add_argument("--centering", choices=["ema", "sinkhorn"], default="ema")
+    p.add_argument("--momentum", type=float, default=0.98)
+    p.add_argument("--momentum-end", type=float, default=0.995)
+    p.add_argument("--freeze-last", type=int, default=30, help="steps with the last layer frozen")
+    p.add_argument("--rotation", type=float, default=None, help="stage-L rotation (degrees)")
+    p.add_argument("--local-scale", type=float, nargs=2, default=None, help="stage-L local areas")
+    p.add_argument("--global-scale", type=float, nargs=2, default=None, help="stage-L global areas")
+    p.add_argument("--every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="")
+    p.add_argument("--json", type=Path, help="append the run's record to this JSON-lines file")
+    a = p.parse_args()
+    if a.table is not None:
+        print(last_rows_table(a.table, TABLE))
+        return
+    if not a.data:
+        p.error("--data is required")
+
+    torch.manual_seed(a.seed)
+    paths = collect_images(a.data)
+    if a.images:
+        paths = paths[:: max(1, len(paths) // a.images)][: a.images]  # spread over the folders
+    norm = dict(XRAY_NORMALIZATION)
+    images = load_images(paths, a.load_size, channels=1, normalization=norm, progress=False)
+    probe = None
+    if a.probe_data:
+        probe = load_probe_set(
+            a.probe_data, a.view_size, normalization=norm, per_class=a.probe_per_class
+        )
+    augment = {
+        "n_local": a.n_local,
+        "local_size": a.local_size,
+        "part_size": a.view_size // 2,
+    }
+    if a.rotation is not None:
+        augment["rotation"] = a.rotation
+    if a.local_scale is not None:
+        augment["local_scale"] = tuple(a.local_scale)
+    if a.global_scale is not None:
+        augment["global_scale"] = tuple(a.global_scale)
+    backbone = create_backbone(name="resnet18", width=a.width, in_channels=1)
+    method = build_method(
+        "adam_v2",
+        backbone,
+        out_size=a.view_size,
+        level=a.level,
+        mode=a.mode,
+        augment=augment,
+        head_dim=a.head_dim,
+        head_hidden=a.head_hidden,
+        head_bn=a.head_bn,
+        bottleneck_bn=a.bottleneck_bn,
+        head_norm_last_layer=not a.free_gain,
+        momentum=a.momentum,
+        momentum_end=a.momentum_end,
+        center_momentum=a.center_momentum,
+        centering=a.centering,
+        student_temp=a.student_temp,
+        teacher_temp=a.teacher_temp,
+    )
+    groups = method.param_groups(a.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=a.lr)
+    last_layer = list(method.head.last_layer.parameters())
+    gen = torch.Generator().manual_seed(a.seed)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    print(f"{len(images)} images, {settings}", flush=True)
+    rows: list[dict[str, float]] = []
+    keys = [*SIGNALS, "loss_c", "loss_d"] if a.mode == "LCD" else list(SIGNALS)
+
+    def log(step: int, window: list[list[float]]) -> None:
+        row: dict[str, float] = {"step": step}
+        if window:
+            row |= dict(zip(keys, torch.tensor(window).mean(0).tolist(), strict=True))
+        if probe is not None:
+            row |= probe_scores(method.teacher_backbone, probe)
+        row["seconds"] = round(time.time() - start, 1)
+        rows.append(row)
+        print_row(row)
+
+    step, start, window = 0, time.time(), []
+    method.train()
+    log(0, [])
+    while step < a.steps:
+        order = torch.randperm(len(images), generator=gen)
+        for i in range(0, len(images) - a.batch + 1, a.batch):
+            method.set_progress(step / a.steps)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, a.steps, a.warmup, a.lr, 1e-6)
+            out = method(images[order[i : i + a.batch]], update=True, generator=gen)
+            opt.zero_grad()
+            out["loss"].backward()
+            if step < a.freeze_last:
+                for q in last_layer:
+                    q.grad = None
+            clip_per_parameter_([q.grad for q in method.parameters() if q.grad is not None], 3.0)
+            opt.step()
+            step += 1
+            window.append([float(out[k].detach()) for k in keys])
+            if step % a.every == 0 or step == a.steps:
+                log(step, window)
+                window = []
+            if step >= a.steps:
+                break
+    append_record(a.json, a.tag, settings, rows)
+
+
+if __name__ == "__main__":
+    main()
