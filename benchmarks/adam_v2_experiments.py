@@ -21,18 +21,21 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from pathlib import Path
 
 import torch
-from bench_common import append_record, last_rows_table, print_row
+from bench_common import (
+    add_data_flags,
+    add_number_flags,
+    add_run_flags,
+    last_rows_table,
+    load_experiment_data,
+    run_experiment,
+)
 
-from medfoundry.data.normalize import XRAY_NORMALIZATION
-from medfoundry.data.pretrain import collect_images, load_images
 from medfoundry.methods import build_method
 from medfoundry.nets import create_backbone
 from medfoundry.train.pretrain_module import clip_per_parameter_
-from medfoundry.train.probe import load_probe_set, probe_scores
 
 SIGNALS = (
     "loss_l",
@@ -56,41 +59,23 @@ def lr_at(step: int, total: int, warmup: int, base: float, floor: float) -> floa
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--table", type=Path, help="print the markdown table of a --json file, exit")
-    p.add_argument("--data", nargs="+", help="folders of unlabeled images")
-    p.add_argument("--probe-data", help="class folders for the kNN / linear probe")
-    p.add_argument("--probe-per-class", type=int, default=200)
-    p.add_argument("--images", type=int, default=0, help="use only this many (0: all)")
-    p.add_argument("--load-size", type=int, default=128)
-    p.add_argument("--view-size", type=int, default=64)
-    p.add_argument("--local-size", type=int, default=24)
-    p.add_argument("--n-local", type=int, default=4)
-    p.add_argument("--width", type=float, default=0.25)
+    add_data_flags(p, load_size=128, view_size=64)
+    add_number_flags(p, local_size=24, n_local=4, width=0.25)
     p.add_argument("--mode", choices=["L", "LCD"], default="L")
-    p.add_argument("--level", type=int, default=0)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch", type=int, default=32)
+    add_number_flags(p, level=0, steps=300, batch=32)
     p.add_argument("--lr", type=float, default=5e-4 * 32 / 256, help="the reference's scaled lr")
-    p.add_argument("--warmup", type=int, default=15)
-    p.add_argument("--weight-decay", type=float, default=0.04)
-    p.add_argument("--head-dim", type=int, default=4096)
-    p.add_argument("--head-hidden", type=int, default=512)
+    add_number_flags(p, warmup=15, weight_decay=0.04, head_dim=4096, head_hidden=512)
     p.add_argument("--head-bn", action="store_true")
     p.add_argument("--bottleneck-bn", action="store_true")
     p.add_argument("--free-gain", action="store_true", help="learn the prototypes' norm gain")
-    p.add_argument("--teacher-temp", type=float, default=0.04)
-    p.add_argument("--student-temp", type=float, default=0.1)
-    p.add_argument("--center-momentum", type=float, default=0.9)
+    add_number_flags(p, teacher_temp=0.04, student_temp=0.1, center_momentum=0.9)
     p.add_argument("--centering", choices=["ema", "sinkhorn"], default="ema")
-    p.add_argument("--momentum", type=float, default=0.98)
-    p.add_argument("--momentum-end", type=float, default=0.995)
+    add_number_flags(p, momentum=0.98, momentum_end=0.995)
     p.add_argument("--freeze-last", type=int, default=30, help="steps with the last layer frozen")
     p.add_argument("--rotation", type=float, default=None, help="stage-L rotation (degrees)")
     p.add_argument("--local-scale", type=float, nargs=2, default=None, help="stage-L local areas")
     p.add_argument("--global-scale", type=float, nargs=2, default=None, help="stage-L global areas")
-    p.add_argument("--every", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tag", default="")
-    p.add_argument("--json", type=Path, help="append the run's record to this JSON-lines file")
+    add_run_flags(p)
     a = p.parse_args()
     if a.table is not None:
         print(last_rows_table(a.table, TABLE))
@@ -98,17 +83,7 @@ def main() -> None:
     if not a.data:
         p.error("--data is required")
 
-    torch.manual_seed(a.seed)
-    paths = collect_images(a.data)
-    if a.images:
-        paths = paths[:: max(1, len(paths) // a.images)][: a.images]  # spread over the folders
-    norm = dict(XRAY_NORMALIZATION)
-    images = load_images(paths, a.load_size, channels=1, normalization=norm, progress=False)
-    probe = None
-    if a.probe_data:
-        probe = load_probe_set(
-            a.probe_data, a.view_size, normalization=norm, per_class=a.probe_per_class
-        )
+    images, probe = load_experiment_data(a)
     augment = {
         "n_local": a.n_local,
         "local_size": a.local_size,
@@ -144,46 +119,24 @@ def main() -> None:
     opt = torch.optim.AdamW(groups, lr=a.lr)
     last_layer = list(method.head.last_layer.parameters())
     gen = torch.Generator().manual_seed(a.seed)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
-    print(f"{len(images)} images, {settings}", flush=True)
-    rows: list[dict[str, float]] = []
     keys = [*SIGNALS, "loss_c", "loss_d"] if a.mode == "LCD" else list(SIGNALS)
 
-    def log(step: int, window: list[list[float]]) -> None:
-        row: dict[str, float] = {"step": step}
-        if window:
-            row |= dict(zip(keys, torch.tensor(window).mean(0).tolist(), strict=True))
-        if probe is not None:
-            row |= probe_scores(method.teacher_backbone, probe)
-        row["seconds"] = round(time.time() - start, 1)
-        rows.append(row)
-        print_row(row)
+    def train_step(step: int, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        method.set_progress(step / a.steps)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, a.steps, a.warmup, a.lr, 1e-6)
+        out = method(batch, update=True, generator=gen)
+        opt.zero_grad()
+        out["loss"].backward()
+        if step < a.freeze_last:
+            for q in last_layer:
+                q.grad = None
+        clip_per_parameter_([q.grad for q in method.parameters() if q.grad is not None], 3.0)
+        opt.step()
+        return out
 
-    step, start, window = 0, time.time(), []
     method.train()
-    log(0, [])
-    while step < a.steps:
-        order = torch.randperm(len(images), generator=gen)
-        for i in range(0, len(images) - a.batch + 1, a.batch):
-            method.set_progress(step / a.steps)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, a.steps, a.warmup, a.lr, 1e-6)
-            out = method(images[order[i : i + a.batch]], update=True, generator=gen)
-            opt.zero_grad()
-            out["loss"].backward()
-            if step < a.freeze_last:
-                for q in last_layer:
-                    q.grad = None
-            clip_per_parameter_([q.grad for q in method.parameters() if q.grad is not None], 3.0)
-            opt.step()
-            step += 1
-            window.append([float(out[k].detach()) for k in keys])
-            if step % a.every == 0 or step == a.steps:
-                log(step, window)
-                window = []
-            if step >= a.steps:
-                break
-    append_record(a.json, a.tag, settings, rows)
+    run_experiment(a, images, train_step, keys, gen, method.teacher_backbone, probe)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +203,95 @@ def report_and_save(
         print(f"\nwrote {out}")
 
 
-# --- one-change experiment logs (moco_experiments.py, adam_v2_experiments.py) ---------------
+# --- one-change experiments (moco_experiments.py, adam_v2_experiments.py) -----------------
+def add_number_flags(p: argparse.ArgumentParser, **defaults: float) -> None:
+    """Plain numeric flags in order, `n_local=4` -> `--n-local` typed as its default (one line)."""
+    for name, default in defaults.items():
+        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+
+
+def add_data_flags(p: argparse.ArgumentParser, load_size: int, view_size: int) -> None:
+    """The flags that `load_experiment_data` reads: images, probe set, their sizes."""
+    p.add_argument("--data", nargs="+", help="folders of unlabeled images")
+    p.add_argument("--probe-data", help="class folders for the kNN / linear probe")
+    p.add_argument("--probe-per-class", type=int, default=200)
+    p.add_argument("--images", type=int, default=0, help="use only this many (0: all)")
+    add_number_flags(p, load_size=load_size, view_size=view_size)
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that `run_experiment` reads besides --steps and --batch: logging, seed, record."""
+    add_number_flags(p, every=50, seed=0)
+    p.add_argument("--tag", default="")
+    p.add_argument("--json", type=Path, help="append the run's record to this JSON-lines file")
+
+
+def load_experiment_data(a: argparse.Namespace) -> tuple[torch.Tensor, Any]:
+    """Seed torch; load --data (``--images`` spread over the folders) and --probe-data or None."""
+    from medfoundry.data.normalize import XRAY_NORMALIZATION
+    from medfoundry.data.pretrain import collect_images, load_images
+    from medfoundry.train.probe import load_probe_set
+
+    torch.manual_seed(a.seed)
+    paths = collect_images(a.data)
+    if a.images:
+        paths = paths[:: max(1, len(paths) // a.images)][: a.images]  # spread over the folders
+    norm = dict(XRAY_NORMALIZATION)
+    images = load_images(paths, a.load_size, channels=1, normalization=norm, progress=False)
+    probe = None
+    if a.probe_data:
+        probe = load_probe_set(
+            a.probe_data, a.view_size, normalization=norm, per_class=a.probe_per_class
+        )
+    return images, probe
+
+
+def run_experiment(
+    a: argparse.Namespace,
+    images: torch.Tensor,
+    train_step: Callable[[int, torch.Tensor], dict[str, torch.Tensor]],
+    keys: Sequence[str],
+    generator: torch.Generator,
+    backbone: torch.nn.Module,
+    probe: Any = None,
+) -> list[dict[str, float]]:
+    """Both scripts' loop: ``train_step(step, batch)`` for --steps, a row every --every, --json.
+
+    A row holds the window's mean of ``keys`` and, with a probe, ``backbone``'s probe scores."""
+    from medfoundry.train.probe import probe_scores
+
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    print(f"{len(images)} images, {settings}", flush=True)
+    rows: list[dict[str, float]] = []
+    start = time.time()
+
+    def log(step: int, window: list[list[float]]) -> None:
+        row: dict[str, float] = {"step": step}
+        if window:
+            row |= dict(zip(keys, torch.tensor(window).mean(0).tolist(), strict=True))
+        if probe is not None:
+            row |= probe_scores(backbone, probe)
+        row["seconds"] = round(time.time() - start, 1)
+        rows.append(row)
+        print_row(row)
+
+    step, window = 0, []
+    log(0, [])
+    while step < a.steps:
+        order = torch.randperm(len(images), generator=generator)
+        for i in range(0, len(images) - a.batch + 1, a.batch):
+            out = train_step(step, images[order[i : i + a.batch]])
+            step += 1
+            window.append([float(out[k].detach()) for k in keys])
+            if step % a.every == 0 or step == a.steps:
+                log(step, window)
+                window = []
+            if step >= a.steps:
+                break
+    append_record(a.json, a.tag, settings, rows)
+    return rows
+
+
 def last_rows_table(path: Path, keys: tuple[str, ...]) -> str:
     """Markdown table of a JSON-lines file of runs ({tag, settings, rows}): the last logged row
     of each, with the step-0 values (the random network's probe scores) in brackets."""

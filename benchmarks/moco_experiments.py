@@ -22,17 +22,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
-from bench_common import append_record, last_rows_table, print_row
+from bench_common import (
+    add_data_flags,
+    add_number_flags,
+    add_run_flags,
+    last_rows_table,
+    load_experiment_data,
+    run_experiment,
+)
 
-from medfoundry.data.normalize import XRAY_NORMALIZATION
-from medfoundry.data.pretrain import collect_images, load_images
 from medfoundry.methods import build_method
 from medfoundry.nets import create_backbone
-from medfoundry.train.probe import load_probe_set, probe_scores
 from medfoundry.train.schedules import cosine_lambda
 
 SIGNALS = ("loss", "pos_sim", "neg_sim", "spread", "mean_length", "retrieval", "neg_new", "neg_old")
@@ -79,31 +82,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--table", type=Path, help="print the markdown table of a --json file, exit")
     p.add_argument("--plot", type=Path, help="with --table: also plot the runs to this PNG")
-    p.add_argument("--data", nargs="+", help="folders of unlabeled images")
-    p.add_argument("--probe-data", help="class folders for the kNN / linear probe")
-    p.add_argument("--probe-per-class", type=int, default=200)
-    p.add_argument("--images", type=int, default=0, help="use only this many (0: all)")
-    p.add_argument("--load-size", type=int, default=80)
-    p.add_argument("--view-size", type=int, default=64)
-    p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--queue", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch", type=int, default=64)
+    add_data_flags(p, load_size=80, view_size=64)
+    add_number_flags(p, width=0.25, queue=4096, steps=600, batch=64)
     p.add_argument("--lr", type=float, default=0.03 * 64 / 256, help="the preset's scaled lr")
     p.add_argument("--momentum", type=float, default=0.99)
     p.add_argument("--momentum-end", type=float, default=None)
     p.add_argument("--proj-bn", action="store_true")
     p.add_argument("--symmetric", action="store_true")
-    p.add_argument("--bn-split", type=int, default=1)
-    p.add_argument("--temperature", type=float, default=0.2)
+    add_number_flags(p, bn_split=1, temperature=0.2)
     p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     p.add_argument("--warmup", type=int, default=0)
     p.add_argument("--crop-scale", type=float, nargs=2, default=None, help="view crop area range")
     p.add_argument("--rotation", type=float, default=None, help="max view rotation (degrees)")
-    p.add_argument("--every", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tag", default="")
-    p.add_argument("--json", type=Path, help="append the run's record to this JSON-lines file")
+    add_run_flags(p)
     a = p.parse_args()
     if a.table is not None:
         print(last_rows_table(a.table, TABLE))
@@ -113,17 +104,7 @@ def main() -> None:
     if not a.data:
         p.error("--data is required")
 
-    torch.manual_seed(a.seed)
-    paths = collect_images(a.data)
-    if a.images:
-        paths = paths[:: max(1, len(paths) // a.images)][: a.images]  # spread over the folders
-    norm = dict(XRAY_NORMALIZATION)
-    images = load_images(paths, a.load_size, channels=1, normalization=norm, progress=False)
-    probe = None
-    if a.probe_data:
-        probe = load_probe_set(
-            a.probe_data, a.view_size, normalization=norm, per_class=a.probe_per_class
-        )
+    images, probe = load_experiment_data(a)
     augment = {}
     if a.crop_scale is not None:
         augment["scale"] = tuple(a.crop_scale)
@@ -149,39 +130,17 @@ def main() -> None:
     decay = cosine_lambda(a.steps, a.warmup) if a.schedule == "cosine" else (lambda _s: 1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
     gen = torch.Generator().manual_seed(a.seed)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
-    print(f"{len(images)} images, {settings}", flush=True)
-    rows: list[dict[str, float]] = []
 
-    def log(step: int, window: list[list[float]]) -> None:
-        row: dict[str, float] = {"step": step}
-        if window:
-            row |= dict(zip(SIGNALS, torch.tensor(window).mean(0).tolist(), strict=True))
-        if probe is not None:
-            row |= probe_scores(moco.backbone, probe)
-        row["seconds"] = round(time.time() - start, 1)
-        rows.append(row)
-        print_row(row)
+    def train_step(step: int, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        moco.set_progress(step / a.steps)
+        out = moco(batch, update=True)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        sched.step()
+        return out
 
-    step, start, window = 0, time.time(), []
-    log(0, [])
-    while step < a.steps:
-        order = torch.randperm(len(images), generator=gen)
-        for i in range(0, len(images) - a.batch + 1, a.batch):
-            moco.set_progress(step / a.steps)
-            out = moco(images[order[i : i + a.batch]], update=True)
-            opt.zero_grad()
-            out["loss"].backward()
-            opt.step()
-            sched.step()
-            step += 1
-            window.append([float(out[k].detach()) for k in SIGNALS])
-            if step % a.every == 0 or step == a.steps:
-                log(step, window)
-                window = []
-            if step >= a.steps:
-                break
-    append_record(a.json, a.tag, settings, rows)
+    run_experiment(a, images, train_step, SIGNALS, gen, moco.backbone, probe)
 
 
 if __name__ == "__main__":

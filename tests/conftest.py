@@ -82,6 +82,55 @@ def _tiny_pretrain_config(method: str = "adam") -> dict:
     )
 
 
+# flags of a `medfoundry pretrain` run small enough for a test
+TINY_PRETRAIN_FLAGS = (
+    "--backbone resnet10 --width 0.125 --load-size 64 --input-size 32 --epochs 1 "
+    "--batch-size 4 --queue-size 64 --accelerator cpu --no-progress"
+).split()
+
+
+def _tiny_pretrain_args(method: str, data: Path, out: Path, *extra: str) -> list[str]:
+    """Argv of a tiny CPU `pretrain` of ``method``; ``extra`` comes last, so it overrides."""
+    args = ["pretrain", "--method", method, "--data", str(data), "--out", str(out)]
+    return [*args, *TINY_PRETRAIN_FLAGS, *extra]
+
+
+@pytest.fixture
+def tiny_pretrain_args():
+    """Factory `(method, data, out, *extra) -> argv` of tiny CPU `medfoundry pretrain` runs."""
+    return _tiny_pretrain_args
+
+
+def _blob_volume_store(
+    tmp_path_factory: pytest.TempPathFactory,
+    shape: tuple[int, int, int],
+    centre_high: float,
+    spread: float,
+) -> Path:
+    """A 3D store of ten unlabeled ``shape`` (z, y, x) volumes: a Gaussian blob on noise."""
+    import nibabel as nib
+
+    from medfoundry.data.store3d import prepare_store
+
+    root = tmp_path_factory.mktemp("vols")
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    for i in range(10):
+        c = rng.uniform(8, centre_high, size=3)
+        vol = 100 * np.exp(-((zz - c[0] / 2) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) / spread)
+        vol = (vol + 20 + rng.normal(0, 3, vol.shape)).astype(np.float32)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), root / f"case{i}.nii.gz")
+    store = tmp_path_factory.mktemp("store") / "s"
+    prepare_store(root, store, modality="MR", crop_foreground=False, progress=False)
+    return store
+
+
+@pytest.fixture(scope="session")
+def make_blob_volume_store():
+    """Factory `(tmp_path_factory, shape, centre_high, spread) -> store` of blob volumes."""
+    return _blob_volume_store
+
+
 JSRT_NAMES = ["heart", "left_clavicle", "right_clavicle", "left_lung", "right_lung"]
 
 

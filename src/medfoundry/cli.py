@@ -112,6 +112,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", required=True, help="run folder or checkpoint, or 'none'")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument(
+        "--overwrite", action="store_true", help="replace a finished fine-tuning run in --out"
+    )
+    p.add_argument(
         "--config",
         help="preset name or YAML (default finetune_<task>; 3D: finetune_segmentation3d)",
     )
@@ -561,6 +564,30 @@ def cmd_embed(args: argparse.Namespace) -> None:
     )
 
 
+def _add_landmarks(sub: argparse._SubParsersAction) -> None:
+    """The `landmarks` subcommand: a JSRT folder's mask-derived landmarks as a points CSV."""
+    p = sub.add_parser(
+        "landmarks",
+        help="JSRT landmarks from the SCR masks as a points CSV for `embed --points`",
+        description="Derives the 14 named landmarks per image of a JSRT-layout folder (images/ "
+        "and masks/<structure>/; rules: docs/landmarks.md) and writes them as a CSV with "
+        "columns image, x, y, size, name: one crop of --size pixels per landmark.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="JSRT-layout folder")
+    p.add_argument("--out", required=True, type=Path, help="CSV file to write")
+    p.add_argument("--size", type=int, default=128, help="crop side in pixels (default 128)")
+
+
+def cmd_landmarks(args: argparse.Namespace) -> None:
+    """Write the points CSV and print a one-line summary."""
+    from medfoundry.evaluate.jsrt_landmarks import write_points_csv
+
+    if args.out.is_dir():
+        raise MedfoundryError(f"{args.out}: --out is a folder; name the CSV file to write")
+    rows = write_points_csv(args.data, args.out, args.size)
+    print(f"landmarks: {args.out} ({rows} points of {args.data}, crops of {args.size} px)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medfoundry", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -574,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_import(sub)
     _add_embed(sub)
+    _add_landmarks(sub)
     return parser
 
 
@@ -627,6 +655,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         cfg,
         test_data=args.test_data,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(f"checkpoint: {args.out / 'checkpoint'}")
 
@@ -818,6 +847,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": cmd_export,
         "import": cmd_import,
         "embed": cmd_embed,
+        "landmarks": cmd_landmarks,
     }
     from medfoundry.runtime import stop_signals
 

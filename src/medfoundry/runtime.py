@@ -7,13 +7,14 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medfoundry.errors import Interrupted
+from medfoundry.errors import Interrupted, MedfoundryError
 
 
 def seed_everything(seed: int) -> None:
@@ -177,6 +178,35 @@ def record_run(run_dir: str | Path, config: dict[str, Any], name: str = "config.
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / name, config)
     atomic_write_json(run_dir / "versions.json", {**versions(), "git_commit": git_commit()})
+
+
+def check_run_dir(
+    run_dir: str | Path, outputs: Sequence[str], overwrite: bool, what: str = "a finished run"
+) -> bool:
+    """Refuse (one line) a run folder that holds any of ``outputs`` unless ``overwrite``, so a
+    finished run is never replaced by accident; returns whether it holds one (the caller then
+    calls ``clear_outputs`` once its inputs are checked, before writing)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MedfoundryError(f"{run_dir}: --out is a file, not a folder")
+    found = [name for name in outputs if (run_dir / name).exists()]
+    if found and not overwrite:
+        raise MedfoundryError(
+            f"{run_dir}: already holds {what} ({', '.join(found)}); pass --overwrite to "
+            "replace it or choose a new --out"
+        )
+    return bool(found)
+
+
+def clear_outputs(run_dir: str | Path, outputs: Sequence[str]) -> None:
+    """Delete ``outputs`` (files or folders) of an old run in order, the completion marker
+    first: a rerun that then fails leaves an unfinished folder, never a half-old finished one."""
+    for name in outputs:
+        path = Path(run_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -11,26 +11,6 @@ from PIL import Image
 
 from medfoundry.cli import main
 
-TINY = [
-    "--backbone",
-    "resnet10",
-    "--width",
-    "0.125",
-    "--load-size",
-    "64",
-    "--input-size",
-    "32",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "4",
-    "--queue-size",
-    "64",
-    "--accelerator",
-    "cpu",
-    "--no-progress",
-]
-
 
 def _bad_rgba(path: Path) -> None:
     Image.fromarray(np.zeros((64, 64, 4), np.uint8), mode="RGBA").save(path)
@@ -61,12 +41,12 @@ def _bad_nan(path: Path) -> None:
         (_bad_nan, "nan.tif", "NaN"),
     ],
 )
-def test_pretrain_stops_on_bad_image(xray_folder, tmp_path, capsys, maker, name, message):
+def test_pretrain_stops_on_bad_image(
+    xray_folder, tmp_path, capsys, tiny_pretrain_args, maker, name, message
+):
     maker(xray_folder / name)
     out = tmp_path / "run"
-    code = main(
-        ["pretrain", "--method", "adam", "--data", str(xray_folder), "--out", str(out), *TINY]
-    )
+    code = main(tiny_pretrain_args("adam", xray_folder, out))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("medfoundry: error:")
@@ -74,20 +54,9 @@ def test_pretrain_stops_on_bad_image(xray_folder, tmp_path, capsys, maker, name,
     assert not list(out.rglob("*.ckpt")) and not list(out.rglob("*.safetensors"))
 
 
-def test_pretrain_on_empty_folder(tmp_path, capsys):
+def test_pretrain_on_empty_folder(tmp_path, capsys, tiny_pretrain_args):
     (tmp_path / "empty").mkdir()
-    code = main(
-        [
-            "pretrain",
-            "--method",
-            "moco",
-            "--data",
-            str(tmp_path / "empty"),
-            "--out",
-            str(tmp_path / "run"),
-            *TINY,
-        ]
-    )
+    code = main(tiny_pretrain_args("moco", tmp_path / "empty", tmp_path / "run"))
     err = capsys.readouterr().err
     assert code == 2 and "empty" in err and "no image" in err
 

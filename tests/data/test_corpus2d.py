@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from medfoundry.cli import main
+from medfoundry.data import corpus2d
 from medfoundry.data.corpus2d import MANIFEST_COLUMNS, build_corpus_2d
 from medfoundry.data.pretrain import collect_images, load_images
 from medfoundry.errors import InputError
@@ -238,3 +239,91 @@ def test_real_ct_and_mr_series(tmp_path, shared_data):
     assert summary["sources"]["dicom"]["images_by_modality"] == {"CT": 20}
     assert summary["sources"]["brain_mr_t1post"]["images_by_modality"] == {"MR": 22}
     assert summary["totals"]["skipped"] == {}  # every slice holds anatomy
+
+
+# --- completeness (issue #14) ---------------------------------------------------------------
+def _stopped_build(tmp_path, sources, monkeypatch, after: int = 3) -> Path:
+    """A corpus whose build was stopped (as by a kill) after ``after`` PNGs."""
+    out = tmp_path / "stopped"
+    write = corpus2d._CorpusWriter.write
+
+    def stop_after(self, *args, **kwargs):
+        if len(self.rows) == after:
+            raise KeyboardInterrupt
+        write(self, *args, **kwargs)
+
+    monkeypatch.setattr(corpus2d._CorpusWriter, "write", stop_after)
+    with pytest.raises(KeyboardInterrupt):
+        build_corpus_2d(sources, out, size=N, progress=False)
+    monkeypatch.undo()
+    assert len(list(out.rglob("*.png"))) == after
+    return out
+
+
+def test_stopped_build_is_refused_then_cleaned_by_overwrite(
+    tmp_path, sources, monkeypatch, tiny_pretrain_args, capsys
+):
+    out = _stopped_build(tmp_path, sources, monkeypatch)
+    with pytest.raises(InputError, match="unfinished 2D corpus.*--overwrite") as e:
+        collect_images([out])
+    assert str(out) in str(e.value)
+    assert main(tiny_pretrain_args("adam", out, tmp_path / "run")) == 2
+    assert "unfinished 2D corpus" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    (out / "corpus.json").unlink()  # as a build from before the marker, or a lost corpus.json
+    with pytest.raises(InputError, match="looks like a prepare-2d corpus but has no corpus.json"):
+        collect_images([out])
+    with pytest.raises(InputError, match="looks like a prepare-2d corpus"):
+        collect_images([next(out.iterdir())])  # one source's sub-folder: no corpus.json above
+    summary = build_corpus_2d(sources, out, size=N, overwrite=True, progress=False)
+    assert len(collect_images([out])) == summary["images"] > 3
+    assert len(collect_images([out / "xr"])) == 2  # a complete corpus's sub-folder is fine
+
+
+def test_overwrite_cleans_a_stopped_build_from_before_the_markers(tmp_path, sources):
+    out = tmp_path / "old"
+    for k in range(3):  # what an older prepare-2d left when killed: gray square PNGs only
+        (out / "xr").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((N, N), 10 * k, np.uint8)).save(out / "xr" / f"a{k}.png")
+    (out / "xr" / ".a3.png.123.abc.tmp").write_bytes(b"half")
+    build_corpus_2d(sources[:1], out, size=N, overwrite=True, progress=False)
+    assert not (out / "xr" / "a0.png").exists() and (out / "corpus.json").is_file()
+
+
+@pytest.mark.parametrize("extra", ["top_level_png", "rgb_png", "other_file", "two_sizes"])
+def test_overwrite_never_deletes_a_folder_that_is_not_a_corpus(tmp_path, sources, extra):
+    folder = tmp_path / "mine"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(np.zeros((N, N), np.uint8)).save(folder / "sub" / "keep.png")
+    if extra == "top_level_png":
+        Image.fromarray(np.zeros((N, N), np.uint8)).save(folder / "top.png")
+    elif extra == "rgb_png":
+        Image.fromarray(np.zeros((N, N, 3), np.uint8)).save(folder / "sub" / "rgb.png")
+    elif extra == "other_file":
+        (folder / "sub" / "notes.txt").write_text("mine")
+    else:
+        Image.fromarray(np.zeros((N + 1, N + 1), np.uint8)).save(folder / "sub" / "big.png")
+    with pytest.raises(InputError, match="refusing to delete it"):
+        build_corpus_2d(sources[:1], folder, size=N, overwrite=True, progress=False)
+    assert (folder / "sub" / "keep.png").is_file()
+    assert not (folder / "corpus.json").exists()
+
+
+def test_plain_image_folder_is_not_taken_for_a_corpus(xray_folder):
+    assert len(collect_images([xray_folder])) == 12
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_corpus_with_a_missing_or_resized_file_is_refused_naming_it(tmp_path, sources, damage):
+    out = tmp_path / "corpus"
+    build_corpus_2d(sources, out, size=N, progress=False)
+    bad = out / _manifest(out)[5]["file"]
+    if damage == "missing":
+        bad.unlink()
+    else:
+        bad.write_bytes(bad.read_bytes()[:-7])
+    with pytest.raises(InputError, match="missing" if damage == "missing" else "bytes.*damaged"):
+        collect_images([out])
+    with pytest.raises(InputError) as e:
+        collect_images([out])
+    assert str(e.value).startswith(str(bad))

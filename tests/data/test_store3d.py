@@ -314,6 +314,76 @@ def test_output_folder_with_another_store_needs_overwrite(tmp_path):
     assert (tmp_path / "other" / "keep.txt").exists()
 
 
+# --- damaged stores (issue #14) ------------------------------------------------------------
+def test_store_with_a_missing_or_truncated_file_is_refused_naming_it(tmp_path, capsys):
+    data, out = _msd(tmp_path / "d", n=3), tmp_path / "s"
+    prepare_store(data, out, (1, 1, 1), progress=False)
+    info = json.loads((out / "store.json").read_text())
+    record = info["cases"][1]
+    assert (
+        record["file_checks"][record["image_file"]]["bytes"]
+        == (out / record["image_file"]).stat().st_size
+    )
+    truncated, missing = out / "labels" / "toy_000.npy", out / "images" / "toy_001.npy"
+    whole = truncated.read_bytes()
+    truncated.write_bytes(whole[:-100])
+    missing.unlink()
+    argv = ["prepare", "--data", str(data), "--out", str(out), "--spacing", "1", "1", "1"]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(truncated) in err and "truncated" in err and "up to date" not in err
+    with pytest.raises(InputError, match="truncated") as e:
+        open_store(out)
+    assert str(e.value).startswith(str(truncated))
+    truncated.write_bytes(whole)
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "missing" in err and "up to date" not in err
+    with pytest.raises(InputError, match="missing") as e:
+        open_store(out)
+    assert str(e.value).startswith(str(missing))
+    missing.write_bytes(b"")  # present again, but empty
+    with pytest.raises(InputError, match="0 bytes") as e:
+        open_store(out)
+    assert str(e.value).startswith(str(missing))
+    assert prepare_store(data, out, (1, 1, 1), overwrite=True, progress=False)["complete"]
+    assert len(open_store(out)) == 3
+    assert prepare_store(data, out, (1, 1, 1), progress=False)["reused"]
+
+
+def test_changed_content_of_the_same_size_is_refused_on_reuse(tmp_path):
+    data, out = _msd(tmp_path / "d", n=1), tmp_path / "s"
+    prepare_store(data, out, (1, 1, 1), progress=False)
+    path = out / "images" / "toy_000.npy"
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF  # one voxel, same size
+    path.write_bytes(bytes(raw))
+    assert len(open_store(out)) == 1  # opening checks sizes only
+    with pytest.raises(InputError, match="checksum") as e:
+        prepare_store(data, out, (1, 1, 1), progress=False)
+    assert str(e.value).startswith(str(path))
+
+
+def test_store_from_before_file_checks_is_checked_by_shape_and_dtype(tmp_path):
+    data, out = _msd(tmp_path / "d", n=2), tmp_path / "s"
+    prepare_store(data, out, (1, 1, 1), progress=False)
+    info = json.loads((out / "store.json").read_text())
+    for record in info["cases"]:
+        del record["file_checks"]
+    (out / "store.json").write_text(json.dumps(info))
+    assert prepare_store(data, out, (1, 1, 1), progress=False)["reused"]
+    assert len(open_store(out)) == 2
+    path = out / "images" / "toy_001.npy"
+    path.write_bytes(path.read_bytes()[:-2])
+    with pytest.raises(InputError, match="truncated") as e:
+        open_store(out)
+    assert str(e.value).startswith(str(path))
+    del info["cases"][1]["shape"]
+    (out / "store.json").write_text(json.dumps(info))
+    with pytest.raises(InputError, match="neither its size nor its shape.*prepare --overwrite"):
+        open_store(out)
+
+
 # --- plain folders, DICOM series, CLI -------------------------------------------------------
 def test_plain_folder_with_dicom_series_and_cli(tmp_path, write_dicom_series, capsys):
     hu = np.full((6, 16, 16), -1000, np.int16)

@@ -116,6 +116,7 @@ def test_bad_inputs_are_one_line_errors(eve_checkpoint, gradient_images, tmp_pat
     assert main([*base, "--out", str(tmp_path / "o4"), "--similarity",
                  str(gradient_images / "a" / "im0.png"), "500", "5"]) == 2  # fmt: skip
     assert "outside" in capsys.readouterr().err
+    assert not (tmp_path / "o4" / "embeddings.npz").exists()  # checked before any embedding
     assert main(["embed", "--model", str(tmp_path), "--input", str(gradient_images),
                  "--out", str(tmp_path / "o5")]) == 2  # fmt: skip
     assert "no medfoundry checkpoint" in capsys.readouterr().err
@@ -127,3 +128,26 @@ def test_bad_inputs_are_one_line_errors(eve_checkpoint, gradient_images, tmp_pat
                         {"method": "finetune", "task": "classification", "backbone": net.config,
                          "input_size": 32, "classes": ["a", "b"]})  # fmt: skip
         load_eve_model(tmp_path / "ft")
+
+
+def test_overwrite_drops_the_old_marker_before_writing(
+    eve_checkpoint, gradient_images, tmp_path, monkeypatch
+):
+    import medfoundry.tasks.embed as embed_task
+
+    out = tmp_path / "e"
+    base = ["embed", "--model", str(eve_checkpoint), "--input", str(gradient_images)]
+    base += ["--out", str(out), "--no-progress"]
+    assert main(base) == 0
+    assert (out / "embed.json").is_file()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("map failed")
+
+    monkeypatch.setattr(embed_task, "plot_embedding_map", broken)
+    with pytest.raises(RuntimeError, match="map failed"):
+        main([*base, "--overwrite"])
+    # new embeddings beside the old embed.json would look finished: the marker went first
+    assert not (out / "embed.json").exists()
+    monkeypatch.undo()
+    assert main(base) == 0  # an unfinished folder is taken without --overwrite

@@ -263,3 +263,19 @@ def test_real_jsrt_landmarks_are_anatomically_sane(shared_data: Path, tmp_path: 
         assert p["left_clavicle_medial"][0] < p["left_clavicle_lateral"][0], r.id
         distance = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(xy)) * 1e9
         assert distance.min() > 15, r.id  # distinct landmarks (dev set minimum: 24.5 px)
+
+
+def test_landmarks_command_writes_points_that_embed_reads(
+    toy_folder: Path, tmp_path: Path, capsys
+) -> None:
+    from medfoundry.cli import main
+    from medfoundry.tasks.embed import read_points
+
+    out = tmp_path / "points.csv"
+    assert main(["landmarks", "--data", str(toy_folder), "--out", str(out), "--size", "24"]) == 0
+    rows = read_points(out)
+    assert len(rows) == 3 * len(LANDMARKS) and {int(r["size"]) for r in rows} == {24}
+    assert f"{len(rows)} points" in capsys.readouterr().out
+    assert main(["landmarks", "--data", str(toy_folder), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(tmp_path) in err and "folder" in err

@@ -177,24 +177,9 @@ def test_mae_trains_data_parallel_on_two_cpu_ranks(xray_folder, tmp_path, tiny_p
 
 
 @pytest.fixture(scope="module")
-def volume_store(tmp_path_factory):
+def volume_store(tmp_path_factory, make_blob_volume_store):
     """A 3D store of ten 24 x 40 x 40 synthetic volumes (blobs on noise), unlabeled."""
-    import nibabel as nib
-    import numpy as np
-
-    from medfoundry.data.store3d import prepare_store
-
-    root = tmp_path_factory.mktemp("vols")
-    rng = np.random.default_rng(0)
-    zz, yy, xx = np.mgrid[:24, :40, :40]
-    for i in range(10):
-        c = rng.uniform(8, 30, size=3)
-        vol = 100 * np.exp(-((zz - c[0] / 2) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) / 60.0)
-        vol = (vol + 20 + rng.normal(0, 3, vol.shape)).astype(np.float32)
-        nib.save(nib.Nifti1Image(vol, np.eye(4)), root / f"case{i}.nii.gz")
-    store = tmp_path_factory.mktemp("store") / "s"
-    prepare_store(root, store, modality="MR", crop_foreground=False, progress=False)
-    return store
+    return make_blob_volume_store(tmp_path_factory, (24, 40, 40), centre_high=30, spread=60.0)
 
 
 TINY_3D = "backbone={name: resnet10, width: 0.125, in_channels: 1, spatial_dims: 3}"

@@ -171,45 +171,17 @@ def test_checkpoint_every_n_steps_writes_last_within_an_epoch(
     assert saved == [2, 4, 5]  # steps 2 and 4, then the epoch's end
 
 
-def _moco_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "pretrain",
-        "--method",
-        "moco",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--backbone",
-        "resnet10",
-        "--width",
-        "0.125",
-        "--load-size",
-        "64",
-        "--input-size",
-        "32",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--queue-size",
-        "64",
-        "--accelerator",
-        "cpu",
-        "--no-progress",
-        *extra,
-    ]
-
-
-def test_resume_refuses_a_changed_config_or_other_data(xray_folder, tmp_path, capsys):
+def test_resume_refuses_a_changed_config_or_other_data(
+    xray_folder, tmp_path, capsys, tiny_pretrain_args
+):
     from medfoundry.cli import main
 
     run = tmp_path / "run"
-    assert main(_moco_args(xray_folder, run)) == 0
+    assert main(tiny_pretrain_args("moco", xray_folder, run)) == 0
     record = (run / "config.json").read_bytes()
     capsys.readouterr()
 
-    assert main(_moco_args(xray_folder, run, "--width", "0.25", "--resume")) == 2
+    assert main(tiny_pretrain_args("moco", xray_folder, run, "--width", "0.25", "--resume")) == 2
     err = capsys.readouterr().err.strip()
     assert "backbone.width 0.125 -> 0.25" in err and str(run / "config.json") in err
     assert len(err.splitlines()) == 1
@@ -217,13 +189,13 @@ def test_resume_refuses_a_changed_config_or_other_data(xray_folder, tmp_path, ca
     other = tmp_path / "other"
     shutil.copytree(xray_folder, other)
     shutil.copy(other / "img00.png", other / "extra.png")
-    assert main(_moco_args(other, run, "--resume")) == 2
+    assert main(tiny_pretrain_args("moco", other, run, "--resume")) == 2
     assert "other training data" in capsys.readouterr().err
     assert (run / "config.json").read_bytes() == record, "a refused resume rewrote config.json"
 
     moved = tmp_path / "moved"  # the same files elsewhere: the same data
     shutil.copytree(xray_folder, moved)
-    assert main(_moco_args(moved, run, "--resume")) == 0
+    assert main(tiny_pretrain_args("moco", moved, run, "--resume")) == 0
     assert (run / "config.json").read_bytes() == record
 
 
@@ -274,12 +246,12 @@ def _start(args: list[str]) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_sigterm_and_ctrl_c_save_and_resume_finishes(xray_folder, tmp_path):
+def test_sigterm_and_ctrl_c_save_and_resume_finishes(xray_folder, tmp_path, tiny_pretrain_args):
     """A real subprocess: SIGTERM after the first step -> exit 143, one line naming the run,
     a resumable last.ckpt; its resume stopped by SIGINT -> 130; a last resume finishes."""
     run = tmp_path / "run"
     last = run / STAGE / "checkpoints" / "last.ckpt"
-    args = _moco_args(xray_folder, run, "--epochs", "12", "--batch-size", "2")
+    args = tiny_pretrain_args("moco", xray_folder, run, "--epochs", "12", "--batch-size", "2")
     args += ["--set", "trainer.checkpoint_every_n_steps=1"]
     total = 12 * 5
     for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
@@ -412,24 +384,9 @@ def test_a_mid_epoch_resume_repeats_the_steps(
 
 
 @pytest.fixture(scope="module")
-def small_store(tmp_path_factory):
+def small_store(tmp_path_factory, make_blob_volume_store):
     """A 3D store of ten 16 x 32 x 32 synthetic volumes (blobs on noise)."""
-    import nibabel as nib
-    import numpy as np
-
-    from medfoundry.data.store3d import prepare_store
-
-    root = tmp_path_factory.mktemp("vols")
-    rng = np.random.default_rng(0)
-    zz, yy, xx = np.mgrid[:16, :32, :32]
-    for i in range(10):
-        c = rng.uniform(8, 24, size=3)
-        vol = 100 * np.exp(-((zz - c[0] / 2) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) / 40.0)
-        vol = (vol + 20 + rng.normal(0, 3, vol.shape)).astype(np.float32)
-        nib.save(nib.Nifti1Image(vol, np.eye(4)), root / f"case{i}.nii.gz")
-    store = tmp_path_factory.mktemp("store") / "s"
-    prepare_store(root, store, modality="MR", crop_foreground=False, progress=False)
-    return store
+    return make_blob_volume_store(tmp_path_factory, (16, 32, 32), centre_high=24, spread=40.0)
 
 
 def test_killed_and_resumed_voco_equals_the_uninterrupted_run(small_store, tmp_path, monkeypatch):

@@ -74,3 +74,15 @@ def test_probe_set_splits_by_patient_and_backbone_scores(tmp_path) -> None:
     backbone = nn.Sequential(nn.AdaptiveAvgPool2d((1, 2)), nn.Flatten(), nn.Linear(2, 4))
     scores = probe_scores(backbone, probe)
     assert scores["knn_auc"] > 0.9 and scores["linear_auc"] > 0.9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("probe", ["knn", "linear"])
+def test_scores_of_cuda_features_equal_the_cpu_ones(probe: str) -> None:
+    """A GPU run's probe (features on the GPU, labels on the CPU) scores as on the CPU."""
+    fn = knn_probabilities if probe == "knn" else linear_probabilities
+    ref_f, ref_y = features(200, 1.0, seed=0)
+    q_f, q_y = features(200, 1.0, seed=1)
+    cpu = class_score(fn(ref_f, ref_y, q_f, 2), q_y)
+    gpu = class_score(fn(ref_f.cuda(), ref_y, q_f.cuda(), 2), q_y)
+    assert gpu == pytest.approx(cpu, abs=1e-3)

@@ -19,9 +19,12 @@ corpus image; every volume (NIfTI, NRRD/MHA/MHD, a DICOM series folder) is cut i
 - Size: the physical aspect ratio is kept (pixel spacing counted): the longer side is resized
   to ``size`` and the shorter one padded evenly with the image's lowest value (air/background).
 - Output: ``OUT/<source>/<relative folder>/<name>[_<axis><index>][_<window>].png``, written
-  atomically; ``manifest.csv`` (one row per PNG) and ``corpus.json`` (settings, counts per
-  source, modality and skip reason). The folder is a plain image folder for
-  ``medfoundry pretrain --data OUT`` (``collect_images``).
+  atomically; ``manifest.csv`` (one row per PNG, with its size in bytes) and ``corpus.json``
+  (settings, counts per source, modality and skip reason). The folder is a plain image folder
+  for ``medfoundry pretrain --data OUT`` (``collect_images``), which first checks it is complete.
+- Completeness: ``corpus.json`` says ``"complete": false`` while the build runs and every PNG
+  carries a ``Software`` marker, so a stopped build is refused by its consumers and can be
+  deleted by ``--overwrite`` (rules: ``medfoundry.data.corpus2d_check``).
 
 Bad input stops the build with an ``InputError`` naming the file: an unreadable file, a DICOM
 without pixel data, a CT DICOM without rescale tags, NaN voxels, a broken series, a source with
@@ -41,8 +44,16 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
+from medfoundry.data.corpus2d_check import (
+    CORPUS_FILE,
+    CORPUS_FORMAT,
+    PNG_SOFTWARE,
+    is_own_product,
+    read_corpus_info,
+)
 from medfoundry.data.discover import CorpusInput, file_stem, find_inputs
 from medfoundry.data.normalize import (
     XRAY_NORMALIZATION,
@@ -76,6 +87,7 @@ MANIFEST_COLUMNS = [
     "intensity",
     "original_shape",
     "spacing",
+    "bytes",
 ]
 #: An "unknown" volume with a minimum at or below this is CT in HU.
 HU_DETECT_MIN = -500.0
@@ -120,10 +132,13 @@ def _range_mapping(low: float, high: float, what: str) -> list[Mapping]:
 
 
 def _png_bytes(unit: np.ndarray) -> bytes:
-    """Encode a [0, 1] image as an 8-bit grayscale PNG."""
+    """Encode a [0, 1] image as an 8-bit grayscale PNG marked as ``prepare-2d``'s."""
     u8 = np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(u8).save(buffer, format="PNG", compress_level=3)  # 2.4x faster than 6
+    marker = PngInfo()
+    marker.add_text("Software", PNG_SOFTWARE)
+    # compress_level 3: 2.4x faster than 6
+    Image.fromarray(u8).save(buffer, format="PNG", compress_level=3, pnginfo=marker)
     return buffer.getvalue()
 
 
@@ -151,7 +166,7 @@ class _CorpusWriter:
         """Fit ``unit`` to the square, write it as PNG at ``rel``, remember its manifest row."""
         data = _png_bytes(fit_square(unit, spacing, self.size))
         atomic_save(self.out_dir / rel, lambda tmp: tmp.write_bytes(data))
-        self.rows.append({"file": rel.as_posix(), **row})
+        self.rows.append({"file": rel.as_posix(), **row, "bytes": str(len(data))})
 
 
 def _new_counts(path: Path) -> dict[str, Any]:
@@ -277,7 +292,8 @@ def _process_source(
 
 
 def _prepare_out_dir(out_dir: Path, sources: Sequence[Path], overwrite: bool) -> None:
-    """Create an empty output folder; replace an old corpus only when ``overwrite``."""
+    """Create an empty output folder; replace an old corpus, finished or not, only when
+    ``overwrite`` (what counts as one: ``corpus2d_check.is_own_product``)."""
     resolved = out_dir.resolve()
     for src in sources:
         if resolved == src.resolve() or src.resolve() in resolved.parents:
@@ -286,12 +302,17 @@ def _prepare_out_dir(out_dir: Path, sources: Sequence[Path], overwrite: bool) ->
         raise InputError(out_dir, "exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
+            info = read_corpus_info(out_dir)
+            if info is not None and info.get("complete") is False:
+                raise InputError(out_dir, "holds an unfinished corpus; rerun with --overwrite")
             raise InputError(
                 out_dir, "is not empty; choose a new folder, or --overwrite an old corpus"
             )
-        if not (out_dir / "corpus.json").is_file():
+        if not is_own_product(out_dir):
             raise InputError(
-                out_dir, "is not empty and holds no corpus.json; refusing to delete it"
+                out_dir,
+                f"is not empty and holds no {CORPUS_FILE} nor only a stopped build's PNGs; "
+                "refusing to delete it",
             )
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -358,6 +379,7 @@ def build_corpus_2d(
             raise InputError(p, "no such file or folder")
     out = Path(out_dir)
     _prepare_out_dir(out, paths, overwrite)
+    atomic_write_json(out / CORPUS_FILE, {"format": CORPUS_FORMAT, "complete": False})
 
     writer = _CorpusWriter(out, size, _ct_mappings(windows))
     per_source: dict[str, dict[str, Any]] = {}
@@ -371,7 +393,8 @@ def build_corpus_2d(
             if key != "path":
                 totals[key] += value
     summary = {
-        "format": "medfoundry 2D corpus",
+        "format": CORPUS_FORMAT,
+        "complete": True,
         "images": totals["images"],
         "totals": _plain(totals),
         "sources": {label: _plain(c) for label, c in per_source.items()},
@@ -393,5 +416,5 @@ def build_corpus_2d(
         "seconds": round(time.perf_counter() - start, 2),
     }
     _write_manifest(out, writer.rows)
-    atomic_write_json(out / "corpus.json", summary)
+    atomic_write_json(out / CORPUS_FILE, summary)  # last: marks the corpus complete
     return summary

@@ -10,20 +10,27 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from medfoundry.data.corpus2d_check import check_image_folder
 from medfoundry.data.image2d import load_2d, warn_constant
 from medfoundry.data.manifest import scan_images
 from medfoundry.errors import InputError
 
 
 def collect_images(sources: Sequence[str | Path]) -> list[Path]:
-    """All image files under the given folders (or the files themselves), de-duplicated, sorted."""
+    """All image files under the given folders (or the files themselves), de-duplicated, sorted.
+
+    A folder that is (part of) a ``prepare-2d`` corpus must be complete and undamaged
+    (``medfoundry.data.corpus2d_check.check_image_folder``); a plain image folder is taken as is.
+    """
     paths: list[Path] = []
     for src in sources:
         src = Path(src)
         if src.is_file():
             paths.append(src)
         elif src.is_dir():
-            paths.extend(scan_images(src))
+            found = scan_images(src)
+            check_image_folder(src, found)
+            paths.extend(found)
         else:
             raise InputError(src, "no such file or folder")
     return sorted(set(paths))

@@ -22,8 +22,10 @@ cropped to its foreground. Rules:
 - **Storage**: ``images/<id>.npy`` float16 (D, H, W) (half the disk of float32; its 11-bit
   mantissa resolves [0, 1] to better than 5e-4), ``labels/<id>.npy`` uint8, written atomically;
   ``store.json`` holds the settings (checkpoints record them: ``Store.preprocessing``) and per
-  case: id, split, sources (relative to ``settings.data``), original and stored shape and spacing, crop box, voxel->LPS-mm
-  affine of the stored grid, intensity range, label classes present.
+  case: id, split, sources (relative to ``settings.data``), original and stored shape and
+  spacing, crop box, voxel->LPS-mm affine of the stored grid, intensity range, label classes
+  present, and each file's size and checksum (``file_checks``, rules:
+  ``medfoundry.data.store3d_files``).
 - **Empty labels**: the case is kept with ``empty_label: true`` and one warning names them all;
   foreground-centred crops of it fall back to uniform random crops.
 - **Skipped**: constant volumes (nothing to learn), listed in ``store.json`` with one warning.
@@ -33,8 +35,9 @@ Bad input stops the build with an ``InputError`` naming the file: a missing or e
 image's (both files named), a label with non-integer values or values missing from
 ``dataset.json``, an output folder that is not empty and holds no store or a different store
 (unless ``overwrite``), or a dataset whose every volume is skipped. Re-running with the same
-settings and unchanged inputs reuses a complete store; an unfinished one (a build that stopped)
-is replaced.
+settings and unchanged inputs reuses a complete store after checking its files' sizes and
+checksums (a missing, truncated or changed file is refused, naming it: rebuild with
+``overwrite``); an unfinished one (a build that stopped) is replaced.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from medfoundry.data.resample3d import grid_affine
 from medfoundry.data.slicing import CT_FOREGROUND_HU, UNIT_FOREGROUND
 from medfoundry.data.spacing3d import median_spacing, probe_spacing
 from medfoundry.data.store3d_dataset import StoreCropDataset
+from medfoundry.data.store3d_files import check_store_files, file_check
 from medfoundry.data.store3d_reader import (
     STORE_FILE,
     STORE_FORMAT,
@@ -124,15 +128,17 @@ def _read_label(case: Case3D, image: ImageData, names: dict[int, str] | None) ->
     return out
 
 
-def _save_npy(path: Path, array: np.ndarray) -> int:
-    """Write ``array`` as .npy atomically; return the file size."""
+def _save_npy(out: Path, name: str, array: np.ndarray, checks: dict[str, Any]) -> int:
+    """Write ``array`` as ``out/name`` (.npy) atomically; record its size and checksum in
+    ``checks`` (``store3d_files.file_check``); return the file size."""
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(array))
+        checks[name] = file_check(tmp)
 
-    atomic_save(path, write)
-    return path.stat().st_size
+    atomic_save(out / name, write)
+    return int(checks[name]["bytes"])
 
 
 def _foreground_voxels(label: np.ndarray, seed: int) -> np.ndarray:
@@ -193,7 +199,8 @@ def _process_case(
         "intensity": intensity,
         "image_file": f"images/{case.id}.npy",
     }
-    nbytes = _save_npy(out / record["image_file"], array.astype(IMAGE_DTYPE))
+    checks: dict[str, Any] = {}
+    nbytes = _save_npy(out, record["image_file"], array.astype(IMAGE_DTYPE), checks)
     if label is not None:
         voxels = _foreground_voxels(label, seed=number)
         record |= {
@@ -202,11 +209,11 @@ def _process_case(
             "empty_label": len(voxels) == 0,
             "foreground_voxels": int(np.count_nonzero(label)),
         }
-        nbytes += _save_npy(out / record["label_file"], label)
+        nbytes += _save_npy(out, record["label_file"], label, checks)
         if len(voxels):
             record["foreground_file"] = f"foreground/{case.id}.npy"
-            nbytes += _save_npy(out / record["foreground_file"], voxels)
-    return record | {"bytes": nbytes}
+            nbytes += _save_npy(out, record["foreground_file"], voxels, checks)
+    return record | {"bytes": nbytes, "file_checks": checks}
 
 
 def _settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -232,6 +239,7 @@ def _prepare_out_dir(
             raise InputError(out, f"is not empty and holds no {STORE_FILE}; refusing to use it")
         same, complete = old.get("settings") == settings, bool(old.get("complete"))
         if same and complete and not overwrite:
+            check_store_files(out, old, checksum=True)  # a damaged store is never "up to date"
             return old
         if complete and not same and not overwrite:
             diff = ", ".join(_settings_diff(old.get("settings") or {}, settings))

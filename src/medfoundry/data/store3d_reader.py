@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from medfoundry.data.crops3d import centred_starts, random_starts, read_padded
+from medfoundry.data.store3d_files import check_store_files
 from medfoundry.errors import InputError
 
 STORE_FILE = "store.json"
@@ -165,7 +166,8 @@ class Store:
 
 
 def open_store(root: str | Path) -> Store:
-    """Open a store folder written by ``prepare_store`` (``InputError`` if it is not one)."""
+    """Open a store folder written by ``prepare_store`` (``InputError`` if it is not one, is
+    unfinished, or a file is missing or of the wrong size: ``store3d_files``)."""
     path = Path(root) / STORE_FILE
     if not path.is_file():
         raise InputError(root, f"not a 3D store: no {STORE_FILE} (make one: medfoundry prepare)")
@@ -179,4 +181,5 @@ def open_store(root: str | Path) -> Store:
         raise InputError(path, f"store version {info.get('version')}, expected {STORE_VERSION}")
     if not info.get("complete"):
         raise InputError(root, "incomplete store (its build stopped); run medfoundry prepare again")
+    check_store_files(root, info)
     return Store(root, info)

@@ -7,8 +7,8 @@ import torch
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Binary ROC AUC = P(score_pos > score_neg) + 0.5 P(tie) (Mann-Whitney U), NaN if one class."""
-    scores = scores.detach().double().flatten()
-    labels = labels.detach().flatten().bool()
+    scores = scores.detach().double().flatten().cpu()  # on CPU: any device's scores, one result
+    labels = labels.detach().flatten().bool().cpu()
     n_pos = int(labels.sum())
     n_neg = int((~labels).sum())
     if n_pos == 0 or n_neg == 0:

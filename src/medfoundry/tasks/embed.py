@@ -21,8 +21,15 @@ from medfoundry.data.pretrain import collect_images
 from medfoundry.embed.crops import centred_boxes, dense_centres, grid_boxes
 from medfoundry.embed.encoder import EveModel, embed_boxes, load_eve_model, load_images
 from medfoundry.embed.maps import plot_embedding_map, plot_similarity
-from medfoundry.errors import InputError, MedfoundryError
-from medfoundry.runtime import atomic_save, atomic_write_json, atomic_write_text, record_run
+from medfoundry.errors import InputError
+from medfoundry.runtime import (
+    atomic_save,
+    atomic_write_json,
+    atomic_write_text,
+    check_run_dir,
+    clear_outputs,
+    record_run,
+)
 from medfoundry.zoo import CheckpointLike
 
 DONE = "embed.json"  # written last: the folder is complete
@@ -207,13 +214,14 @@ def embed(
     network (the random-features baseline). Returns the summary written to ``embed.json``.
     """
     out = Path(out)
-    if (out / DONE).is_file() and not overwrite:
-        raise MedfoundryError(f"{out}: already holds embeddings; pass --overwrite or a new --out")
+    finished = check_run_dir(out, [DONE], overwrite, "embeddings")
     inputs = [Path(p) for p in inputs]
     for p in inputs:
         if not p.exists():
             raise InputError(p, "no such file or folder")
     model = load_eve_model(model_path, like=random_like, seed=seed)
+    if similarity is not None:  # the query point is checked before any embedding
+        _query_image(model, similarity)
     if points is not None:
         paths, crops = point_crops(read_points(Path(points)), Path(points), inputs)
     else:
@@ -225,6 +233,8 @@ def embed(
     else:  # point crops: scale relative to the image's shorter side
         side = crops.boxes[:, 2] - crops.boxes[:, 0]
         crops.scale = side / sizes[crops.image_index].min(dim=1).values.float()
+    if finished:  # the old marker goes first: a failure below leaves an unfinished folder
+        clear_outputs(out, [DONE])
     record_run(
         out,
         {
@@ -260,6 +270,16 @@ def embed(
     return summary
 
 
+def _query_image(model: EveModel, similarity: tuple[Path, float, float]) -> tuple[Tensor, Tensor]:
+    """The similarity query's image and stored size; the point must lie inside the image."""
+    qpath, qx, qy = Path(similarity[0]), float(similarity[1]), float(similarity[2])
+    qimg, qsize = load_images([qpath], model)
+    h, w = qsize[0].tolist()
+    if not (0 <= qx < w and 0 <= qy < h):
+        raise InputError(qpath, f"similarity point ({qx}, {qy}) lies outside the {w}x{h} image")
+    return qimg, qsize
+
+
 def _write_similarity(
     model: EveModel,
     similarity: tuple[Path, float, float],
@@ -274,10 +294,8 @@ def _write_similarity(
 ) -> dict[str, Any]:
     """The query point's Eve against dense crops of every input image: npz + PNG."""
     qpath, qx, qy = Path(similarity[0]), float(similarity[1]), float(similarity[2])
-    qimg, qsize = load_images([qpath], model)
+    qimg, qsize = _query_image(model, similarity)
     h, w = qsize[0].tolist()
-    if not (0 <= qx < w and 0 <= qy < h):
-        raise InputError(qpath, f"similarity point ({qx}, {qy}) lies outside the {w}x{h} image")
     crop = float(crop_size or min(h, w) / 4)
     step = float(stride or crop / 4)
     qbox = centred_boxes(torch.tensor([[qx, qy]]), crop)

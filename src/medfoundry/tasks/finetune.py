@@ -11,8 +11,10 @@ import torch
 from medfoundry.data.manifest import ClassificationItem, scan_class_folders
 from medfoundry.data.normalize import XRAY_NORMALIZATION
 from medfoundry.data.pretrain import load_images
-from medfoundry.runtime import atomic_write_json, record_run
+from medfoundry.errors import InputError
+from medfoundry.runtime import atomic_write_json, clear_outputs, record_run
 from medfoundry.tasks.classification import evaluate_classifier, train_classifier
+from medfoundry.tasks.finetune_out import RUN_OUTPUTS, check_finetune_out
 from medfoundry.tasks.segmentation3d import is_3d_segmentation
 from medfoundry.zoo import (
     BackboneSpec,
@@ -89,6 +91,23 @@ def limit_per_class(
     return out
 
 
+def check_test_classes(
+    data: Path, classes: list[str], test_data: Path, test_classes: list[str]
+) -> None:
+    """Stop (one line naming both folders and the differing names) when the test folder's
+    classes are not the training folder's: label indices follow the sorted class names."""
+    if test_classes == classes:
+        return
+    only_test = sorted(set(test_classes) - set(classes))
+    only_train = sorted(set(classes) - set(test_classes))
+    raise InputError(
+        test_data,
+        f"test classes differ from the training folder {data}: only in the test folder: "
+        f"{', '.join(only_test) or 'none'}; only in the training folder: "
+        f"{', '.join(only_train) or 'none'}",
+    )
+
+
 def finetune_classification(
     data: Path,
     pretrained: CheckpointLike | None,
@@ -96,18 +115,24 @@ def finetune_classification(
     cfg: dict[str, Any],
     test_data: Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune (or linear-probe) a classifier on class folders; writes checkpoint + metrics."""
+    """Fine-tune (or linear-probe) a classifier on class folders; writes checkpoint + metrics.
+
+    Every input (out folder, training and test images, checkpoint) is checked before training;
+    a finished run in ``out_dir`` is refused unless ``overwrite``."""
     seed = int(cfg.get("seed", 0))
-    items, classes = scan_class_folders(data)
-    train_items, val_items = patient_split(items, float(cfg["val_fraction"]), seed)
-    train_items = limit_per_class(train_items, cfg.get("labels_per_class"), seed)
     if pretrained is not None:
         pretrained = resolve_checkpoint(pretrained)  # once: everything below reads this value
+    finished = check_finetune_out(out_dir, pretrained, overwrite)
+    items, classes = scan_class_folders(data)
+    test_items: list[ClassificationItem] = []
+    if test_data is not None:
+        test_items, test_classes = scan_class_folders(test_data)
+        check_test_classes(data, classes, test_data, test_classes)
+    train_items, val_items = patient_split(items, float(cfg["val_fraction"]), seed)
+    train_items = limit_per_class(train_items, cfg.get("labels_per_class"), seed)
     backbone_cfg, size, norm = backbone_setup(pretrained, cfg)
-    record_run(
-        out_dir, {**cfg, "data": str(data), "pretrained": str(pretrained), "classes": classes}
-    )
 
     def load(its: list[ClassificationItem]) -> tuple[torch.Tensor, torch.Tensor]:
         x = load_images(
@@ -121,6 +146,12 @@ def finetune_classification(
 
     tx, ty = load(train_items)
     vx, vy = load(val_items)
+    sx, sy = load(test_items) if test_data is not None else (None, None)  # read before training
+    if finished:
+        clear_outputs(out_dir, RUN_OUTPUTS)
+    record_run(
+        out_dir, {**cfg, "data": str(data), "pretrained": str(pretrained), "classes": classes}
+    )
     model, info = train_classifier(
         tx,
         ty,
@@ -141,13 +172,7 @@ def finetune_classification(
         "n_train": len(train_items),
         "n_val": len(val_items),
     }
-    if test_data is not None:
-        test_items, test_classes = scan_class_folders(test_data)
-        if test_classes != classes:
-            raise ValueError(
-                f"{test_data}: classes {test_classes} differ from training classes {classes}"
-            )
-        sx, sy = load(test_items)
+    if sx is not None and sy is not None:
         metrics["test"] = evaluate_classifier(model, sx, sy)
         print(f"test: {metrics['test']}")
     meta = _finetuned_meta_2d(
@@ -167,28 +192,37 @@ def finetune_segmentation(
     cfg: dict[str, Any],
     test_data: Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train a U-Net (pretrained encoder) on an images/ + masks/<structure>/ folder; save it.
 
     A Swin backbone trains with the config's `swin:` section over the general keys
     (`segmentation_recipe`; the resolved config is recorded). A 3D store or nnU-Net/MSD
     folder, or a 3D checkpoint, goes to
-    `medfoundry.tasks.segmentation3d.finetune_segmentation3d` instead.
+    `medfoundry.tasks.segmentation3d.finetune_segmentation3d` instead. Every input (out
+    folder, training and test images and masks of the same structures, checkpoint) is checked
+    before training; a finished run in ``out_dir`` is refused unless ``overwrite``.
     """
     if pretrained is not None:
         pretrained = resolve_checkpoint(pretrained)  # once: everything below reads this value
     if is_3d_segmentation(data, pretrained):
         from medfoundry.tasks.segmentation3d import finetune_segmentation3d
 
-        return finetune_segmentation3d(data, pretrained, out_dir, cfg, test_data, progress)
+        return finetune_segmentation3d(
+            data, pretrained, out_dir, cfg, test_data, progress, overwrite=overwrite
+        )
     from medfoundry.data.manifest import scan_segmentation_folder
     from medfoundry.data.segmentation import load_segmentation_set, structure_groups
     from medfoundry.evaluate.summary import mean_sd
     from medfoundry.tasks.segmentation import evaluate, segmentation_recipe, train_segmenter
 
     seed = int(cfg.get("seed", 0))
+    finished = check_finetune_out(out_dir, pretrained, overwrite)
     items = scan_segmentation_folder(data)
     groups = structure_groups(cfg.get("structures") or sorted(items[0].masks))
+    mask_names = list({m for ms in groups.values() for m in ms})
+    # the test folder must hold every training structure's masks (named when one is missing)
+    test_items = None if test_data is None else scan_segmentation_folder(test_data, mask_names)
     cfg = {**cfg, "default_image_size": cfg.get("default_image_size", 256)}
     backbone_cfg, size, norm = backbone_setup(
         pretrained,
@@ -204,14 +238,22 @@ def finetune_segmentation(
     n_val = max(1, int(round(len(items) * float(cfg["val_fraction"])))) if len(items) > 1 else 0
     val_items = [items[i] for i in order[:n_val]]
     train_items = [items[i] for i in order[n_val:]]
-    record_run(
-        out_dir, {**cfg, "data": str(data), "pretrained": str(pretrained), "structures": groups}
-    )
-    tx, ty = load_segmentation_set(train_items, size, groups, backbone_cfg["in_channels"], norm)
+    channels = backbone_cfg["in_channels"]
+    tx, ty = load_segmentation_set(train_items, size, groups, channels, norm)
     vx, vy = (
-        load_segmentation_set(val_items, size, groups, backbone_cfg["in_channels"], norm)
+        load_segmentation_set(val_items, size, groups, channels, norm)
         if val_items
         else (None, None)
+    )
+    sx, sy = (  # read before training: a bad test image or mask stops the run here
+        load_segmentation_set(test_items, size, groups, channels, norm)
+        if test_items is not None
+        else (None, None)
+    )
+    if finished:
+        clear_outputs(out_dir, RUN_OUTPUTS)
+    record_run(
+        out_dir, {**cfg, "data": str(data), "pretrained": str(pretrained), "structures": groups}
     )
     model, info = train_segmenter(
         tx,
@@ -233,11 +275,7 @@ def finetune_segmentation(
         "n_train": len(train_items),
         "n_val": len(val_items),
     }
-    if test_data is not None:
-        test_items = scan_segmentation_folder(
-            test_data, list({m for ms in groups.values() for m in ms})
-        )
-        sx, sy = load_segmentation_set(test_items, size, groups, backbone_cfg["in_channels"], norm)
+    if sx is not None and sy is not None:
         dice = evaluate(model, sx, sy)
         metrics["test_dice"] = {name: mean_sd(dice[:, k].tolist()) for k, name in enumerate(groups)}
         print(f"test Dice (mean, sd): {metrics['test_dice']}")

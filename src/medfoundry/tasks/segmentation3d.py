@@ -90,7 +90,14 @@ from medfoundry.nets.segmenters3d import (
     network_for_checkpoint,
     size_multiple_of,
 )
-from medfoundry.runtime import atomic_write_json, atomic_write_text, record_run, seed_everything
+from medfoundry.runtime import (
+    atomic_write_json,
+    atomic_write_text,
+    clear_outputs,
+    record_run,
+    seed_everything,
+)
+from medfoundry.tasks.finetune_out import RUN_OUTPUTS, check_finetune_out
 from medfoundry.train.engine import BestWeights, make_trainer
 from medfoundry.train.inference3d import predict_volume, segment_volume
 from medfoundry.train.optim import zero_last_layer
@@ -251,6 +258,37 @@ def check_preprocessing(
     if strict:
         raise CheckpointError(message)
     warnings.warn(message, stacklevel=2)
+
+
+def open_test_store(test_data: str | Path, store: Store, out: Path, progress: bool) -> Store:
+    """The test store (an MSD folder prepared into ``<out>/test_store`` with the training
+    store's settings), checked before training: same preprocessing, same label values and
+    names, at least one labeled case; else one line naming both stores."""
+    test = open_or_prepare(
+        test_data, out / "test_store", prepare_kwargs(store.preprocessing), progress
+    )
+    diff = preprocessing_diff(store.preprocessing, test.preprocessing)
+    if diff:
+        raise InputError(
+            test.root,
+            f"preprocessed differently from the training store {store.root} "
+            f"({describe_diff(store.preprocessing, test.preprocessing, diff)})",
+        )
+    train_labels = dict(zip(*label_classes(store), strict=True))
+    test_labels = dict(zip(*label_classes(test), strict=True))
+    if test_labels != train_labels:
+
+        def show(labels: dict[int, str]) -> str:
+            return ", ".join(f"{v}={n}" for v, n in labels.items())
+
+        raise InputError(
+            test.root,
+            f"labels {show(test_labels)} differ from the training store {store.root} "
+            f"({show(train_labels)})",
+        )
+    if not test.labeled_indices:
+        raise InputError(test.root, "no labeled case to test on")
+    return test
 
 
 # --- network --------------------------------------------------------------------------------
@@ -612,13 +650,18 @@ def finetune_segmentation3d(
     cfg: dict[str, Any],
     test_data: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune a 3D segmenter on a store or MSD folder; evaluate validation (and test)
-    cases; write the run folder (module doc). Returns the metrics written to metrics.json."""
+    cases; write the run folder (module doc). Returns the metrics written to metrics.json.
+
+    Every input (out folder, checkpoint, training and test stores, their labels) is checked
+    before training; a finished run in ``out_dir`` is refused unless ``overwrite``."""
     c = merge(TRAIN_DEFAULTS, cfg)
     out = Path(out_dir)
     seed = int(c["seed"])
     setup = network_setup(c, pretrained)
+    finished = check_finetune_out(out, setup["resolved"], overwrite)
     store = open_or_prepare(data, out / "store", prepare_settings(c, setup["meta"]), progress)
     if setup["meta"] is not None:
         check_preprocessing(setup["meta"], pretrained, store, bool(c["check_preprocessing"]))
@@ -626,6 +669,7 @@ def finetune_segmentation3d(
     labeled = store.labeled_indices
     if not labeled:
         raise InputError(store.root, "no labeled case to train on")
+    test_store = None if test_data is None else open_test_store(test_data, store, out, progress)
     empty = [store.case_ids[i] for i in labeled if store.cases[i].get("empty_label")]
     if empty:
         warnings.warn(
@@ -634,6 +678,8 @@ def finetune_segmentation3d(
             stacklevel=2,
         )
     train_idx, val_idx = split_validation(labeled, float(c["val_fraction"]), seed)
+    if finished:
+        clear_outputs(out, RUN_OUTPUTS)
     record_run(
         out,
         {
@@ -668,17 +714,7 @@ def finetune_segmentation3d(
         "train_seconds": info.get("train_seconds"),
         "val": summarise(records, names),
     }
-    if test_data is not None:
-        test_store = open_or_prepare(
-            test_data, out / "test_store", prepare_kwargs(store.preprocessing), progress
-        )
-        diff = preprocessing_diff(store.preprocessing, test_store.preprocessing)
-        if diff:
-            raise InputError(
-                test_store.root,
-                f"preprocessed differently from the training store {store.root} "
-                f"({describe_diff(store.preprocessing, test_store.preprocessing, diff)})",
-            )
+    if test_store is not None:
         test_records = evaluate_cases(
             model, test_store, test_store.labeled_indices, c, size_multiple=multiple
         )
