@@ -45,7 +45,46 @@ SIGNALS = (
     "teacher_entropy",
     "teacher_batch_entropy",
 )
-TABLE = (*SIGNALS, "knn_auc", "linear_auc")
+TABLE = (*SIGNALS, "knn_auc", "linear_auc", "eve_same_image", "eve_same_landmark", "eve_locality")
+
+
+def eve_measure(backbone: torch.nn.Module, folder: Path, n: int, view_size: int):
+    """A closure measuring the Eve of ``backbone`` on ``n`` JSRT-layout images of ``folder``: crops
+    of ¼ of the image side at the 14 mask-derived landmarks, resized to ``view_size``. Returns
+    the centred cosine of two landmarks of one image (identity), of one landmark across images
+    (location; docs/eve.md) and the kNN accuracy of the landmark's name, half the images
+    against the other half: the benchmark's locality, cheap enough for every logged row."""
+    from medfoundry.data.normalize import XRAY_NORMALIZATION
+    from medfoundry.embed.encoder import EveModel, load_images
+    from medfoundry.evaluate.eve import _landmark_eve, _points, identity_vs_location, knn_accuracy
+    from medfoundry.evaluate.jsrt_landmarks import LANDMARKS, read_jsrt_landmarks
+
+    records = read_jsrt_landmarks(folder)[:n]
+    names = list(LANDMARKS)
+    model = EveModel(backbone, view_size, 256, 1, dict(XRAY_NORMALIZATION), "teacher")
+    images, sizes = load_images([r.image for r in records], model)
+    points = _points(records, names)
+    crop = float(sizes.min()) / 4
+    half = len(records) // 2
+
+    def measure() -> dict[str, float]:
+        was = backbone.training
+        backbone.eval()
+        eve = _landmark_eve(model, images, sizes, points, crop, 256)  # (N, L, D)
+        backbone.train(was)
+        lab = torch.arange(len(names))
+        correct = knn_accuracy(
+            eve[:half].reshape(-1, eve.shape[-1]), lab.repeat(half),
+            eve[half:].reshape(-1, eve.shape[-1]), lab.repeat(len(records) - half), 5,
+        )  # fmt: skip
+        iv = identity_vs_location(eve)
+        return {
+            "eve_same_image": iv["same_image_other_landmark"],
+            "eve_same_landmark": iv["same_landmark_other_image"],
+            "eve_locality": float(correct.mean()),
+        }
+
+    return measure
 
 
 def lr_at(step: int, total: int, warmup: int, base: float, floor: float) -> float:
@@ -75,6 +114,9 @@ def main() -> None:
     p.add_argument("--rotation", type=float, default=None, help="stage-L rotation (degrees)")
     p.add_argument("--local-scale", type=float, nargs=2, default=None, help="stage-L local areas")
     p.add_argument("--global-scale", type=float, nargs=2, default=None, help="stage-L global areas")
+    add_number_flags(p, squares_per_image=1)
+    p.add_argument("--eve-data", type=Path, help="JSRT-layout folder for the Eve measures")
+    add_number_flags(p, eve_images=24)
     add_run_flags(p)
     a = p.parse_args()
     if a.table is not None:
@@ -114,6 +156,7 @@ def main() -> None:
         centering=a.centering,
         student_temp=a.student_temp,
         teacher_temp=a.teacher_temp,
+        squares_per_image=a.squares_per_image,
     )
     groups = method.param_groups(a.weight_decay)
     opt = torch.optim.AdamW(groups, lr=a.lr)
@@ -136,7 +179,10 @@ def main() -> None:
         return out
 
     method.train()
-    run_experiment(a, images, train_step, keys, gen, method.teacher_backbone, probe)
+    extra = None
+    if a.eve_data is not None:
+        extra = eve_measure(method.teacher_backbone, a.eve_data, a.eve_images, a.view_size)
+    run_experiment(a, images, train_step, keys, gen, method.teacher_backbone, probe, extra)
 
 
 if __name__ == "__main__":

@@ -254,10 +254,12 @@ def run_experiment(
     generator: torch.Generator,
     backbone: torch.nn.Module,
     probe: Any = None,
+    extra: Callable[[], dict[str, float]] | None = None,
 ) -> list[dict[str, float]]:
     """Both scripts' loop: ``train_step(step, batch)`` for --steps, a row every --every, --json.
 
-    A row holds the window's mean of ``keys`` and, with a probe, ``backbone``'s probe scores."""
+    A row holds the window's mean of ``keys``, with a probe ``backbone``'s probe scores, and
+    what ``extra()`` returns (further frozen-feature measures)."""
     from medfoundry.train.probe import probe_scores
 
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
@@ -271,6 +273,8 @@ def run_experiment(
             row |= dict(zip(keys, torch.tensor(window).mean(0).tolist(), strict=True))
         if probe is not None:
             row |= probe_scores(backbone, probe)
+        if extra is not None:
+            row |= extra()
         row["seconds"] = round(time.time() - start, 1)
         rows.append(row)
         print_row(row)

@@ -271,3 +271,20 @@ def test_sinkhorn_centering_trains_and_needs_no_centre() -> None:
     out["loss"].backward()
     with pytest.raises(ValueError, match="centering"):
         tiny(centering="mean")
+
+
+@pytest.mark.parametrize("mode", ["L", "LCD"])
+def test_squares_per_image_makes_each_copy_its_own_instance_at_g_above_0(mode: str) -> None:
+    """squares_per_image = 2 at g = 1 trains exactly as the batch with every image twice; at
+    g = 0 (the whole image) and in validation it changes nothing."""
+    x = images(4)
+    for level, expected in ((1, x.repeat_interleave(2, dim=0)), (0, x)):
+        two = tiny(mode, squares_per_image=2, level=level)
+        one = tiny(mode, level=level)
+        a = two(x, generator=torch.Generator().manual_seed(3))
+        b = one(expected, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(a["loss"], b["loss"]) and torch.equal(a["retrieval"], b["retrieval"])
+    two, one = tiny(mode, squares_per_image=2, level=1), tiny(mode, level=1)
+    assert torch.equal(two(x, update=False)["loss"], one(x, update=False)["loss"])
+    with pytest.raises(ValueError, match="squares_per_image"):
+        tiny(mode, squares_per_image=0)

@@ -171,6 +171,10 @@ class AdamV2(nn.Module):
             ``decompose_loss``.
         freeze_last_layer_epochs: epochs at the start of each stage with the last layer frozen.
         val_seed, val_level: seed and granularity of the validation views.
+        squares_per_image: squares (stage L) or wholes (LCD) drawn per image at g >= 1 in
+            training, each its own instance of the batch (the reference: 1); with 2 or more,
+            Sinkhorn's equal share and the cross-entropy must tell two parts of one image apart,
+            not only images (docs/adam_v2.md, "one image code").
     """
 
     def __init__(
@@ -198,6 +202,7 @@ class AdamV2(nn.Module):
         freeze_last_layer_epochs: int = 1,
         val_seed: int = 0,
         val_level: int = 0,
+        squares_per_image: int = 1,
     ) -> None:
         super().__init__()
         for name, value in (("momentum", momentum), ("momentum_end", momentum_end)):
@@ -213,6 +218,10 @@ class AdamV2(nn.Module):
             raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
         if int(sinkhorn_iterations) < 1:
             raise ValueError(f"sinkhorn_iterations must be >= 1, got {sinkhorn_iterations!r}")
+        if int(squares_per_image) != squares_per_image or squares_per_image < 1:
+            raise ValueError(
+                f"squares_per_image must be an integer >= 1, got {squares_per_image!r}"
+            )
         if decompose_norm not in ("chunk", "whole"):
             raise ValueError(f"decompose_norm must be 'chunk' or 'whole', got {decompose_norm!r}")
         self.out_size = int(out_size)
@@ -227,6 +236,7 @@ class AdamV2(nn.Module):
         self.decompose_norm = decompose_norm
         self.freeze_last_layer_epochs = int(freeze_last_layer_epochs)
         self.val_seed, self.val_level = int(val_seed), int(val_level)
+        self.squares_per_image = int(squares_per_image)
 
         dim = int(backbone.out_dim)
         self.backbone = backbone
@@ -331,6 +341,8 @@ class AdamV2(nn.Module):
                 generator = torch.Generator(device=images.device).manual_seed(self.val_seed)
         if update:
             self.momentum_update()
+            if level > 0 and self.squares_per_image > 1:  # each copy draws its own square
+                images = images.repeat_interleave(self.squares_per_image, dim=0)
         if self.mode == "L":
             return self._forward_l(images, level, update, generator)
         return self._forward_lcd(images, level, update, generator)
