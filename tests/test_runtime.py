@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -28,3 +29,11 @@ def test_failed_atomic_write_leaves_old_file_and_no_temp(tmp_path):
         raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_a_full_disk_during_an_atomic_write_names_the_file(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(OSError) as info, atomic_path(target):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a file object's write: no name
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,8 @@ Errors in the input end the command with a one-line message naming the file, and
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -863,7 +865,37 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medfoundry: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise  # not the environment's doing: a bug, keep its traceback
+        print(f"medfoundry: error: {environment_message(exc)}", file=sys.stderr)
+        return 2
     return 0
+
+
+#: OSError numbers that the machine causes, not the code (a full disk, a read-only or
+#: unwritable folder, a file where a folder should be): one line and exit 2, like a user error.
+ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EEXIST,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EDQUOT,
+        errno.ENAMETOOLONG,
+    }
+)
+
+
+def environment_message(exc: OSError) -> str:
+    """`<file>: <reason>` of an environment OSError (its file when it names one)."""
+    reason = exc.strerror or os.strerror(exc.errno or 0)
+    name = exc.filename if exc.filename is not None else exc.filename2
+    if name is None:
+        return reason
+    return f"{os.fsdecode(name) if isinstance(name, bytes) else name}: {reason}"
 
 
 def interrupted_message(exc: Interrupted) -> str:

@@ -114,15 +114,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, _FILE_MODE)  # mkstemp makes 0600; give the usual 0666 & ~umask
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        # a write through a file object names no file (a full disk): name the one written
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text so that a crash never leaves a half-written file."""
+def atomic_write_text(path: str | Path, text: str, errors: str | None = None) -> None:
+    """Write text (UTF-8) so that a crash never leaves a half-written file; ``errors=
+    "surrogateescape"`` writes non-UTF-8 file names held in ``text`` back as their bytes."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", errors=errors)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

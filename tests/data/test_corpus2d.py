@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -327,3 +329,17 @@ def test_corpus_with_a_missing_or_resized_file_is_refused_naming_it(tmp_path, so
     with pytest.raises(InputError) as e:
         collect_images([out])
     assert str(e.value).startswith(str(bad))
+
+
+@pytest.mark.skipif(sys.getfilesystemencoding() != "utf-8", reason="needs a UTF-8 file system")
+def test_a_non_utf8_file_name_is_kept_in_the_manifest_and_read_back(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    gray = np.tile(np.linspace(0, 255, N), (N, 1)).astype(np.uint8)
+    Image.fromarray(gray).save(src / "ok.png")
+    odd = os.fsdecode(os.fsencode(src) + b"/caf\xe9.png")  # Latin-1 name: not UTF-8
+    Image.fromarray(gray.T.copy()).save(odd)
+    out = tmp_path / "corpus"
+    assert build_corpus_2d([src], out, size=N, progress=False)["images"] == 2
+    assert b"caf\xe9.png" in (out / "manifest.csv").read_bytes()  # the name's own bytes
+    assert len(collect_images([out])) == 2  # the manifest check reads it back

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -422,3 +424,14 @@ def test_real_hippocampus_cases(tmp_path, shared_data):
         assert set(np.unique(store.label(i)).tolist()) == {0, 1, 2}
     batch = store.random_crops(range(5), (32, 48, 32), np.random.default_rng(0), 1.0)
     assert batch.images.shape == (5, 1, 32, 48, 32) and batch.labels.max() == 2
+
+
+@pytest.mark.skipif(sys.getfilesystemencoding() != "utf-8", reason="needs a UTF-8 file system")
+def test_a_non_utf8_file_name_is_prepared_and_reused(tmp_path):
+    data = tmp_path / "d"
+    _nifti(data / "ok.nii.gz", _blob_case(0)[0])
+    _nifti(Path(os.fsdecode(os.fsencode(data) + b"/caf\xe9.nii.gz")), _blob_case(1)[0])
+    summary = prepare_store(data, tmp_path / "s", crop_foreground=False, progress=False)
+    assert len(summary["cases"]) == 2 and not summary.get("reused")
+    again = prepare_store(data, tmp_path / "s", crop_foreground=False, progress=False)
+    assert again.get("reused") is True  # the same fingerprint, from the name's own bytes

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+from pathlib import Path
 
 import pytest
+import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from medfoundry.errors import MedfoundryError
-from medfoundry.train.engine import KeptCSVLogger, make_loggers, make_trainer
+from medfoundry.train.engine import (
+    AtomicCheckpointIO,
+    KeptCSVLogger,
+    make_loggers,
+    make_trainer,
+)
 
 HAS_TB = any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX"))
 
@@ -31,3 +39,16 @@ def test_tensorboard_logger_writes_beside_the_csv(tmp_path):
     loggers = make_loggers(tmp_path, ["csv", "tensorboard"])
     assert [type(lg) for lg in loggers] == [KeptCSVLogger, TensorBoardLogger]
     assert loggers[1].log_dir.startswith(str(tmp_path / "tensorboard"))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_a_checkpoint_write_on_a_full_disk_is_an_oserror_naming_the_file(tmp_path, monkeypatch):
+    """torch.save wraps the full disk's OSError in a RuntimeError; the CLI needs the OSError."""
+    import medfoundry.train.engine as engine
+
+    monkeypatch.setattr(engine, "open", lambda path, mode: open("/dev/full", mode), raising=False)
+    target = tmp_path / "last.ckpt"
+    with pytest.raises(OSError) as info:
+        AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(1000)}, target)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,10 +161,12 @@ def dataset_labels(data: str | Path) -> dict[int, str] | None:
 
 
 def inputs_fingerprint(cases: list[Case3D]) -> str:
-    """A hash of every input file's path, size and modification time (detects changed data)."""
+    """A hash of every input file's path, size and modification time (detects changed data);
+    a path that is not UTF-8 enters as its own bytes (``os.fsencode``)."""
     digest = hashlib.sha1()
     for case in cases:
         for path in [*case.paths, *([case.label] if case.label else [])]:
             stat = path.stat()
-            digest.update(f"{case.id}|{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{case.id}|".encode() + os.fsencode(path))
+            digest.update(f"|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()

@@ -50,6 +50,8 @@ from tqdm.auto import tqdm
 from medfoundry.data.corpus2d_check import (
     CORPUS_FILE,
     CORPUS_FORMAT,
+    CORPUS_MANIFEST,
+    MANIFEST_ERRORS,
     PNG_SOFTWARE,
     is_own_product,
     read_corpus_info,
@@ -338,12 +340,13 @@ def _plain(counts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_manifest(out_dir: Path, rows: list[dict[str, str]]) -> None:
-    """manifest.csv with one row per PNG, columns ``MANIFEST_COLUMNS``."""
+    """manifest.csv with one row per PNG, columns ``MANIFEST_COLUMNS``; an input's name that is
+    not UTF-8 is written as its own bytes (``MANIFEST_ERRORS``, read back the same way)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out_dir / "manifest.csv", buffer.getvalue())
+    atomic_write_text(out_dir / CORPUS_MANIFEST, buffer.getvalue(), errors=MANIFEST_ERRORS)
 
 
 def build_corpus_2d(

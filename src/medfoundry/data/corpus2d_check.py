@@ -34,6 +34,9 @@ CORPUS_MANIFEST = "manifest.csv"
 CORPUS_FORMAT = "medfoundry 2D corpus"
 #: PNG text chunk ``Software`` of every image ``prepare-2d`` writes.
 PNG_SOFTWARE = "medfoundry prepare-2d"
+#: ``manifest.csv`` is UTF-8; a file name that is not (a surrogate-escaped ``str``) is written
+#: and read back as its own bytes.
+MANIFEST_ERRORS = "surrogateescape"
 _RERUN = "rerun medfoundry prepare-2d with --overwrite"
 
 
@@ -61,7 +64,9 @@ def _looks_like_corpus(folder: Path, images: list[Path]) -> bool:
     if first is not None and png_is_marked(first):
         return True
     try:
-        with open(folder / CORPUS_MANIFEST, newline="") as f:
+        with open(
+            folder / CORPUS_MANIFEST, newline="", encoding="utf-8", errors=MANIFEST_ERRORS
+        ) as f:
             return f.readline().startswith("file,source,input,")
     except (OSError, UnicodeDecodeError):
         return False
@@ -73,7 +78,7 @@ def verify_corpus(root: Path, info: dict[str, Any]) -> None:
         raise InputError(root, f"unfinished 2D corpus (its prepare-2d build stopped); {_RERUN}")
     manifest = root / CORPUS_MANIFEST
     try:
-        with open(manifest, newline="") as f:
+        with open(manifest, newline="", encoding="utf-8", errors=MANIFEST_ERRORS) as f:
             rows = list(csv.DictReader(f))
     except OSError:
         raise InputError(manifest, f"missing: the 2D corpus's list of images; {_RERUN}") from None

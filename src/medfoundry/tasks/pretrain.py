@@ -9,6 +9,7 @@ finishes, an exported backbone (`checkpoint/model.safetensors` + `medfoundry.jso
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -526,14 +527,51 @@ def _run_record(
     }
 
 
-def _record_or_check(out_dir: Path, record: dict[str, Any], resume: bool) -> None:
-    """A new run stores its record; a resumed one must match the stored record (nothing is
-    rewritten, so a refused resume leaves the run as it was)."""
-    stored = out_dir / "config.json"
-    if resume and stored.is_file():
-        check_resume(stored, record)
-    else:
-        record_run(out_dir, record)
+def check_out_dir(out_dir: Path, data: Sequence[str | Path]) -> None:
+    """Refuse (one line) an `--out` that is a file, or that is or lies inside a `--data` folder
+    (resolved paths): the run's own PNGs (curves.png) would be scanned as training images."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MedfoundryError(f"{out_dir}: --out is a file, not a folder")
+    target = out_dir.resolve()
+    for entry in data:
+        src = Path(entry)
+        if src.is_dir() and target.is_relative_to(src.resolve()):
+            raise MedfoundryError(
+                f"{out_dir}: --out is inside --data {src} (the run's own images would be read "
+                "as training data); choose a folder outside it"
+            )
+
+
+def check_trainable(
+    train_set: Dataset, batch_size: int, data: Sequence[str | Path], n_items: int, unit: str
+) -> None:
+    """Refuse (one line naming the data) fewer than 2 training items or a batch of 1: batch
+    normalisation cannot train on one sample, and Lightning's error would not say why."""
+    n_train = len(train_set)
+    if n_train < 2:
+        names = ", ".join(str(d) for d in data)
+        raise MedfoundryError(
+            f"{names}: {n_train} training item(s) from {n_items} {unit} (after the validation "
+            "split); pretraining needs at least 2"
+        )
+    if batch_size < 2:
+        raise MedfoundryError(
+            f"config key optim.batch_size: {batch_size}; pretraining needs batches of at least 2"
+        )
+
+
+def _save_progress(
+    out_dir: Path, timings_path: Path, timings: dict[str, float], failing: bool
+) -> None:
+    """Write `timings.json` and `curves.png` of the stages so far. While another error ends
+    the stage (``failing``), a failure here (the same full disk) is dropped, so the error
+    reported is the first one."""
+    try:
+        atomic_write_json(timings_path, timings)
+        plot_pretrain_curves(out_dir)
+    except Exception:
+        if not failing:
+            raise
 
 
 def _pretrain(
@@ -547,6 +585,7 @@ def _pretrain(
     if cfg["method"] == "moco":  # MoCo-v2 never prunes, whichever preset it borrows
         cfg.setdefault("moco", {})["prune_threshold"] = None
     stages = training_stages(cfg)
+    check_out_dir(out_dir, data)
     if not resume and out_dir.exists() and any(out_dir.glob("stage*/checkpoints/*.ckpt")):
         raise MedfoundryError(
             f"{out_dir}: already holds a run; pass --resume or choose a new --out"
@@ -554,20 +593,31 @@ def _pretrain(
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)
 
+    # a resumed run must match its stored record (nothing is rewritten, so a refused resume
+    # leaves the run as it was); a new run stores it only once its inputs are loaded and
+    # checked, so a run refused on its input leaves nothing in --out
+    stored = out_dir / "config.json"
+    check_stored = resume and stored.is_file()
     if cfg["method"] in VOLUME_METHODS:
         train_set, val_set, n_items, preprocessing = _volume_data(cfg, data, seed)
         cfg["normalization"] = {"name": "store", **preprocessing}  # what the store applied
         fingerprint = data_fingerprint(data, _store_files(data[0]))
-        _record_or_check(out_dir, _run_record(cfg, data, n_items, fingerprint), resume)
+        record = copy.deepcopy(_run_record(cfg, data, n_items, fingerprint))
+        if check_stored:
+            check_resume(stored, record)
     else:
         normalization = cfg.setdefault("normalization", dict(XRAY_NORMALIZATION))
         paths = collect_images(data)
         fingerprint = data_fingerprint(data, paths)
-        _record_or_check(out_dir, _run_record(cfg, data, len(paths), fingerprint), resume)
+        record = copy.deepcopy(_run_record(cfg, data, len(paths), fingerprint))
+        if check_stored:  # before the images are decoded: a refusal is quick
+            check_resume(stored, record)
         train_set, val_set, n_items = _image_data(cfg, paths, seed, normalization, progress)
     probe = _probe_set(cfg, progress)
 
     batch_size = min(int(cfg["optim"]["batch_size"]), len(train_set))
+    unit = "3D case(s)" if cfg["method"] in VOLUME_METHODS else "image(s)"
+    check_trainable(train_set, batch_size, data, n_items, unit)
     workers = int(cfg["data"].get("num_workers", 0))
     # the order of each epoch from (seed, epoch), and a loader seed of its own (ResumeState),
     # so that the global random stream (views, masks) is only the model's and a resume repeats it
@@ -594,6 +644,8 @@ def _pretrain(
     method = _build(cfg, stages[0].levels[0])
     backbone_cfg = dict(method.backbone.config)
     decoder_cfg = _decoder_config(method)
+    if not check_stored:
+        record_run(out_dir, record)
 
     def export(done: Sequence[Stage]) -> tuple[dict, CheckpointMeta, dict | None]:
         done_levels = [lv for stage in done for lv in stage.distinct_levels()]
@@ -662,11 +714,14 @@ def _pretrain(
                         ckpt_path=ckpt,
                         weights_only=True,
                     )
-            finally:  # curves of every stage so far, also when a stage stops with an error
+            except BaseException:  # curves of every stage so far, also when a stage stops
                 timings[stage_dir.name] = timings.get(stage_dir.name, 0.0) + time.time() - start
                 if trainer.is_global_zero:
-                    atomic_write_json(timings_path, timings)
-                    plot_pretrain_curves(out_dir)
+                    _save_progress(out_dir, timings_path, timings, failing=True)
+                raise
+            timings[stage_dir.name] = timings.get(stage_dir.name, 0.0) + time.time() - start
+            if trainer.is_global_zero:
+                _save_progress(out_dir, timings_path, timings, failing=False)
             _load_module_weights(module, _selected_ckpt(stage_dir))
             if trainer.is_global_zero:
                 weights, meta, dec = export(stages[: i + 1])

@@ -185,8 +185,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            try:
+                torch.save(checkpoint, fh)
+            except RuntimeError as exc:  # torch's writer wraps the OSError of a full disk
+                cause = exc.__context__
+                if isinstance(cause, OSError):
+                    raise OSError(cause.errno, cause.strerror, cause.filename) from exc
+                raise
 
 
 def quiet_lightning() -> None:

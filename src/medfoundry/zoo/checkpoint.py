@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from medfoundry.errors import CheckpointError
 from medfoundry.runtime import atomic_save, atomic_write_json
@@ -65,7 +65,8 @@ class LoadReport:
 
 def _save_tensors(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    atomic_save(path, lambda p: save_file(tensors, str(p)))
+    data = save(tensors)  # bytes written by Python: a full disk is an OSError naming the file
+    atomic_save(path, lambda p: p.write_bytes(data))
 
 
 def save_checkpoint(
