@@ -265,6 +265,23 @@ def blob_volumes(folder: Path, n: int = 10, shape: tuple[int, int, int] = (16, 3
     return folder
 
 
+def msd_folder(folder: Path, n: int = 4, shape: tuple[int, int, int] = (20, 24, 20)) -> Path:
+    """A tiny nnU-Net/MSD folder: ``n`` volumes with two labeled boxes each, and dataset.json."""
+    rng = np.random.default_rng(0)
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        lab = np.zeros(shape, np.uint8)
+        lab[5:12, 6:14, 5:12], lab[12:16, 8:12, 8:12] = 1, 2
+        vol = (rng.normal(100, 10, shape) + 50 * (lab > 0)).astype(np.float32)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), folder / "imagesTr" / f"case_{i:03d}.nii.gz")
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), folder / "labelsTr" / f"case_{i:03d}.nii.gz")
+    labels = {"0": "background", "1": "a", "2": "b"}
+    info = {"name": "toy", "modality": {"0": "MRI"}, "labels": labels}
+    (folder / "dataset.json").write_text(json.dumps(info))
+    return folder
+
+
 def _uid() -> str:
     return f"2.25.{uuid.uuid4().int}"
 
@@ -1124,6 +1141,15 @@ def class_10(ctx: Ctx) -> None:
         out = ctx.path("ft_3d_to_2d")
         res = cli(ctx, *finetune_cls_args(cls_data(ctx), out, run3d))
         check_error(ctx, "10", "3D (VoCo) checkpoint to 2D classification", res, [])
+
+    msd = msd_folder(ctx.path("msd"))
+    out = ctx.path("ft3d_batch1")
+    res = cli(
+        ctx, "finetune", "--task", "segmentation", "--data", msd, "--pretrained", "none",
+        "--out", out, "--steps", "2", "--batch-size", "1", "--patch-size", "32", "32", "32",
+        "--no-progress",
+    )  # fmt: skip
+    check_error(ctx, "10", "3D fine-tuning with batch 1 and a 32³ patch", res, ["batch_size"])
 
     disk_full(ctx)
 

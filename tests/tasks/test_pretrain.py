@@ -10,6 +10,7 @@ import torch
 from medfoundry.errors import MedfoundryError
 from medfoundry.nets import create_backbone
 from medfoundry.tasks.pretrain import pretrain
+from medfoundry.train.engine import read_checkpoint
 from medfoundry.zoo import load_backbone, read_meta
 
 
@@ -39,13 +40,9 @@ def test_stage_two_starts_from_stage_one(xray_folder, tmp_path, tiny_pretrain_co
     """The level-2 stage is warm-started: its first-epoch weights are not a fresh init."""
     cfg = tiny_pretrain_config("adam")
     run = pretrain(cfg, [xray_folder], tmp_path / "run", progress=False)
-    s0 = torch.load(run / "stage0_level0" / "checkpoints" / "last.ckpt", weights_only=False)[
-        "state_dict"
-    ]
+    s0 = read_checkpoint(run / "stage0_level0" / "checkpoints" / "last.ckpt")["state_dict"]
     fresh = create_backbone(**read_meta(run).backbone.config).state_dict()
-    s1 = torch.load(run / "stage1_level2" / "checkpoints" / "last.ckpt", weights_only=False)[
-        "state_dict"
-    ]
+    s1 = read_checkpoint(run / "stage1_level2" / "checkpoints" / "last.ckpt")["state_dict"]
     key = "method.backbone.layer1.0.conv1.weight"
     # one epoch of SGD moves weights a little: stage 1 must sit near stage 0, far from a fresh init
     assert (s1[key] - s0[key]).norm() < (s1[key] - fresh["layer1.0.conv1.weight"]).norm()
@@ -169,7 +166,7 @@ def test_mae_trains_data_parallel_on_two_cpu_ranks(xray_folder, tmp_path, tiny_p
 
     def steps(run):
         last = run / "stage0_level0" / "checkpoints" / "last.ckpt"
-        return torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+        return read_checkpoint(last)["global_step"]
 
     assert steps(single) >= 2 and steps(double) * 2 == steps(single)
     backbone = create_backbone(**read_meta(double).backbone.config)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from medfoundry.nets import create_backbone
+from medfoundry.train.engine import read_checkpoint
 from medfoundry.zoo import load_backbone, read_meta
 
 TINY = [
@@ -53,7 +54,7 @@ def adam_v2_run(tmp_path_factory):
 
 
 def _state(path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return read_checkpoint(path)["state_dict"]
 
 
 def test_stages_run_in_order_and_the_teacher_exports(adam_v2_run) -> None:

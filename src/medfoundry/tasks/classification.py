@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from medfoundry.evaluate.classification_metrics import accuracy, roc_auc
 from medfoundry.nets import create_backbone
 from medfoundry.runtime import seed_everything
+from medfoundry.train.batchnorm_check import check_batchnorm_batch
 from medfoundry.train.classify_module import ClassificationModule
 from medfoundry.train.engine import BestWeights, make_trainer
 from medfoundry.zoo import CheckpointLike, load_backbone
@@ -46,6 +47,8 @@ def train_classifier(
     steps = int(cfg["steps"])
     batch = int(cfg["batch_size"])
     module = ClassificationModule(backbone, num_classes, cfg, steps, linear_probe=linear_probe)
+    if not linear_probe:  # a frozen backbone keeps its BatchNorm in eval mode
+        check_batchnorm_batch(backbone, torch.zeros_like(train_x[:1]), batch, "image_size")
     sampler = RandomSampler(
         range(len(train_x)),
         replacement=True,

@@ -28,6 +28,7 @@ from medfoundry.errors import MedfoundryError
 from medfoundry.evaluate.metrics import dice_score
 from medfoundry.nets.segmenters2d import create_segmenter2d, is_swin_config
 from medfoundry.runtime import seed_everything
+from medfoundry.train.batchnorm_check import check_batchnorm_batch
 from medfoundry.train.engine import BestWeights, make_trainer
 from medfoundry.train.segment_module import SegmentationModule
 from medfoundry.zoo import (
@@ -152,6 +153,7 @@ def train_segmenter(
     module = SegmentationModule(model, names, cfg=c, max_steps=steps)
 
     bs = int(c["batch_size"])
+    check_batchnorm_batch(model, torch.zeros_like(train_x[:1]), bs, "image_size")
     sampler = RandomSampler(
         range(train_x.shape[0]),
         replacement=True,

@@ -98,6 +98,7 @@ from medfoundry.runtime import (
     seed_everything,
 )
 from medfoundry.tasks.finetune_out import RUN_OUTPUTS, check_finetune_out
+from medfoundry.train.batchnorm_check import check_batchnorm_batch
 from medfoundry.train.engine import BestWeights, make_trainer
 from medfoundry.train.inference3d import predict_volume, segment_volume
 from medfoundry.train.optim import zero_last_layer
@@ -439,6 +440,8 @@ def train_segmenter3d(
     model, info = build_segmenter3d(
         setup, max(classes) + 1, float(c["min_fraction"]), bool(c["load_decoder"])
     )
+    sample = torch.zeros(1, 1, *patch)  # 3D stores hold one channel
+    check_batchnorm_batch(model, sample, int(c["batch_size"]), "patch_size")
     fresh = None
     if setup["checkpoint"] is not None:
         fresh = new_parts(model) + ([] if "decoder_report" in info else ["decoder"])
