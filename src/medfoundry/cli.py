@@ -7,9 +7,12 @@ Errors in the input end the command with a one-line message naming the file, and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -854,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     from medfoundry.runtime import stop_signals
 
     try:
-        with stop_signals():  # SIGTERM / Ctrl-C: `Interrupted` (pretrain saves first)
+        with stop_signals(), one_line_warnings(console=argv is None):
             handlers[args.command](args)
     except MedfoundryError as exc:
         print(f"medfoundry: error: {exc}", file=sys.stderr)
@@ -896,6 +899,29 @@ def environment_message(exc: OSError) -> str:
     if name is None:
         return reason
     return f"{os.fsdecode(name) if isinstance(name, bytes) else name}: {reason}"
+
+
+@contextlib.contextmanager
+def one_line_warnings(console: bool) -> Iterator[None]:
+    """On the console, the package's own warnings print as one `medfoundry: warning: ...` line
+    (a library's keep Python's format); in-process callers (``main(argv)``) keep Python's."""
+    if not console:
+        yield
+        return
+    package = Path(__file__).resolve().parent
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        if package in Path(filename).resolve().parents:
+            print(f"medfoundry: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = default
 
 
 def interrupted_message(exc: Interrupted) -> str:
