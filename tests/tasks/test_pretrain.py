@@ -305,6 +305,11 @@ def test_probe_data_logs_probe_scores_and_selects_by_them(
     )
     monitors = [v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
     assert monitors and monitors[0]["monitor"] == "probe/knn_auc"
+    # the stage records which epoch it carried forward: the best probe epoch (1-based scores)
+    chosen = json.loads((run / "stage0_level0" / "selection.json").read_text())
+    assert chosen["checkpoint"] == "best.ckpt" and chosen["monitor"] == "probe/knn_auc"
+    scores = [v for _, v in log["probe/knn_auc"][1:]]
+    assert chosen["epoch"] == ckpt["epoch"] == max(range(len(scores)), key=scores.__getitem__)
 
 
 def test_selection_rule_never_picks_the_contrastive_loss():

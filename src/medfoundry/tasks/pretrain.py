@@ -323,9 +323,22 @@ def _decoder_config(method: torch.nn.Module) -> dict[str, Any] | None:
     return None
 
 
-def _load_module_weights(module: PretrainModule, ckpt: Path) -> None:
-    """The weights of a stage checkpoint, read safely (``engine.read_checkpoint``)."""
-    module.load_state_dict(read_checkpoint(ckpt)["state_dict"])
+def _load_module_weights(
+    module: PretrainModule, ckpt: Path, monitor: str | None = None, record: bool = False
+) -> None:
+    """The weights of a stage checkpoint, read safely (``engine.read_checkpoint``); with
+    ``record`` also writes which epoch was carried forward, and by what rule, to the stage's
+    ``selection.json`` (the export itself does not say)."""
+    state = read_checkpoint(ckpt)
+    module.load_state_dict(state["state_dict"])
+    if record:
+        chosen = {
+            "checkpoint": ckpt.name,
+            "epoch": int(state.get("epoch", -1)),
+            "global_step": int(state.get("global_step", -1)),
+            "monitor": monitor,
+        }
+        atomic_write_json(ckpt.parent.parent / "selection.json", chosen)
 
 
 def _relative_files(data: Sequence[str | Path], files: Sequence[Path]) -> list[tuple[str, int]]:
@@ -722,7 +735,8 @@ def _pretrain(
             timings[stage_dir.name] = timings.get(stage_dir.name, 0.0) + time.time() - start
             if trainer.is_global_zero:
                 _save_progress(out_dir, timings_path, timings, failing=False)
-            _load_module_weights(module, _selected_ckpt(stage_dir))
+            record = bool(trainer.is_global_zero)
+            _load_module_weights(module, _selected_ckpt(stage_dir), monitor, record)
             if trainer.is_global_zero:
                 weights, meta, dec = export(stages[: i + 1])
                 save_checkpoint(stage_dir / FINAL_DIR, weights, meta, decoder=dec)
