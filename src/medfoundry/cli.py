@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Iterator
@@ -898,7 +899,7 @@ def environment_message(exc: OSError) -> str:
     name = exc.filename if exc.filename is not None else exc.filename2
     if name is None:
         return reason
-    return f"{os.fsdecode(name) if isinstance(name, bytes) else name}: {reason}"
+    return f"{os.fsdecode(name)}: {reason}"
 
 
 @contextlib.contextmanager
@@ -926,7 +927,10 @@ def one_line_warnings(console: bool) -> Iterator[None]:
 
 def interrupted_message(exc: Interrupted) -> str:
     """One line: which signal stopped the command and, for a run folder, how to continue."""
-    name = {15: "SIGTERM", 2: "SIGINT"}.get(exc.signum, f"signal {exc.signum}")
+    try:
+        name = signal.Signals(exc.signum).name
+    except ValueError:
+        name = f"signal {exc.signum}"
     if exc.run_dir is None:
         return f"interrupted ({name})"
     return f"interrupted ({name}); rerun with --resume to continue the run in {exc.run_dir}"

@@ -321,7 +321,10 @@ class AdamV2(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_logits: Tensor) -> None:
-        """``center = m center + (1 - m) mean(teacher logits)`` over the batch of every rank."""
+        """``center = m center + (1 - m) mean(teacher logits)`` over the batch of every rank
+        (only the running centre's targets read it: with Sinkhorn there is nothing to update)."""
+        if self.centering != "ema":
+            return
         batch = concat_all_gather(teacher_logits.float().mean(0, keepdim=True)).mean(0, True)
         self.center.mul_(self.center_momentum).add_(batch * (1.0 - self.center_momentum))
 

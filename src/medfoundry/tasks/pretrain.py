@@ -36,6 +36,7 @@ from medfoundry.methods import STAGE_PLANS, Stage, build_method
 from medfoundry.nets import create_backbone
 from medfoundry.runtime import (
     atomic_write_json,
+    check_run_dir,
     is_temp_file,
     record_run,
     seed_everything,
@@ -323,22 +324,24 @@ def _decoder_config(method: torch.nn.Module) -> dict[str, Any] | None:
     return None
 
 
-def _load_module_weights(
-    module: PretrainModule, ckpt: Path, monitor: str | None = None, record: bool = False
-) -> None:
-    """The weights of a stage checkpoint, read safely (``engine.read_checkpoint``); with
-    ``record`` also writes which epoch was carried forward, and by what rule, to the stage's
-    ``selection.json`` (the export itself does not say)."""
+def _load_module_weights(module: PretrainModule, ckpt: Path) -> dict[str, Any]:
+    """Load the weights of a stage checkpoint, read safely (``engine.read_checkpoint``);
+    returns the checkpoint (its epoch and step say what was loaded)."""
     state = read_checkpoint(ckpt)
     module.load_state_dict(state["state_dict"])
-    if record:
-        chosen = {
-            "checkpoint": ckpt.name,
-            "epoch": int(state.get("epoch", -1)),
-            "global_step": int(state.get("global_step", -1)),
-            "monitor": monitor,
-        }
-        atomic_write_json(ckpt.parent.parent / "selection.json", chosen)
+    return state
+
+
+def _record_selection(ckpt: Path, state: dict[str, Any], monitor: str | None) -> None:
+    """The stage's `selection.json`: which checkpoint and epoch it carried forward, by what
+    rule (the export itself does not say)."""
+    chosen = {
+        "checkpoint": ckpt.name,
+        "epoch": int(state.get("epoch", -1)),
+        "global_step": int(state.get("global_step", -1)),
+        "monitor": monitor,
+    }
+    atomic_write_json(ckpt.parent.parent / "selection.json", chosen)
 
 
 def _relative_files(data: Sequence[str | Path], files: Sequence[Path]) -> list[tuple[str, int]]:
@@ -543,8 +546,7 @@ def _run_record(
 def check_out_dir(out_dir: Path, data: Sequence[str | Path]) -> None:
     """Refuse (one line) an `--out` that is a file, or that is or lies inside a `--data` folder
     (resolved paths): the run's own PNGs (curves.png) would be scanned as training images."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MedfoundryError(f"{out_dir}: --out is a file, not a folder")
+    check_run_dir(out_dir, (), overwrite=False)  # a file, not a folder: one line
     target = out_dir.resolve()
     for entry in data:
         src = Path(entry)
@@ -735,9 +737,10 @@ def _pretrain(
             timings[stage_dir.name] = timings.get(stage_dir.name, 0.0) + time.time() - start
             if trainer.is_global_zero:
                 _save_progress(out_dir, timings_path, timings, failing=False)
-            record = bool(trainer.is_global_zero)
-            _load_module_weights(module, _selected_ckpt(stage_dir), monitor, record)
+            selected = _selected_ckpt(stage_dir)
+            state = _load_module_weights(module, selected)
             if trainer.is_global_zero:
+                _record_selection(selected, state, monitor)
                 weights, meta, dec = export(stages[: i + 1])
                 save_checkpoint(stage_dir / FINAL_DIR, weights, meta, decoder=dec)
         prev_stage = stage_dir
