@@ -48,23 +48,24 @@ def tiny_pretrain_config():
     return _tiny_pretrain_config
 
 
+# `--set` pairs of an MAE run small enough for a test (a Swin of embed dim 8 at 64²)
+TINY_MAE = [
+    "backbone={name: swin, in_channels: 1, embed_dim: 8, depths: [1, 1, 1, 1], "
+    "num_heads: [1, 1, 2, 2], window_size: 2, patch_size: 4, drop_path: 0.0}",
+    "data={load_size: 64, val_fraction: 0.2, num_workers: 0}",
+    "epochs=2",
+    "optim.batch_size=4",
+    "optim.warmup_epochs=1",
+    "trainer={accelerator: cpu, devices: 1}",
+]
+
+
 def _tiny_pretrain_config(method: str = "adam") -> dict:
     """An Adam/MoCo/MAE config small enough for a test (seconds on 2 cores)."""
     from medfoundry.config import apply_overrides, load_config
 
     if method == "mae":
-        return apply_overrides(
-            load_config("mae"),
-            [
-                "backbone={name: swin, in_channels: 1, embed_dim: 8, depths: [1, 1, 1, 1], "
-                "num_heads: [1, 1, 2, 2], window_size: 2, patch_size: 4, drop_path: 0.0}",
-                "data={load_size: 64, val_fraction: 0.2, num_workers: 0}",
-                "epochs=2",
-                "optim.batch_size=4",
-                "optim.warmup_epochs=1",
-                "trainer={accelerator: cpu, devices: 1}",
-            ],
-        )
+        return apply_overrides(load_config("mae"), TINY_MAE)
     return apply_overrides(
         load_config(method),
         [
@@ -110,7 +111,7 @@ def _blob_volume_store(
     """A 3D store of ten unlabeled ``shape`` (z, y, x) volumes: a Gaussian blob on noise."""
     import nibabel as nib
 
-    from medfoundry.data.store3d import prepare_store
+    from medfoundry.data.store.build import prepare_store
 
     root = tmp_path_factory.mktemp("vols")
     rng = np.random.default_rng(0)

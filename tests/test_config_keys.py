@@ -153,9 +153,9 @@ def test_every_shipped_preset_is_valid(preset):
 
 # --- every --set in the docs, README, tests and benchmarks still resolves ----------------------
 def _documented_commands() -> list[list[str]]:
-    """``medfoundry ...`` command lines with a ``--set`` in README.md and docs/*.md."""
+    """``medfoundry ...`` command lines with a ``--set`` in README.md and docs/ (every .md below it)."""
     commands = []
-    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
         text = re.sub(r"\\\n\s*", " ", path.read_text())
         for line in text.splitlines():
             if "--set" not in line or "medfoundry " not in line:
@@ -197,9 +197,7 @@ def test_documented_commands_resolve_their_config(monkeypatch, capsys):
 
 def _capture_commands(monkeypatch) -> list[dict]:
     """Replace every command's work by recording its resolved config."""
-    import medfoundry.evaluate.hippocampus_fewshot as hippo
-    import medfoundry.evaluate.jsrt_fewshot as jsrt
-    import medfoundry.evaluate.kermany_label_efficiency as kermany
+    import medfoundry.benchmarks.engine as engine
     import medfoundry.tasks.finetune as finetune
     import medfoundry.tasks.pretrain as pretrain
     import medfoundry.zoo.meta as meta
@@ -215,9 +213,7 @@ def _capture_commands(monkeypatch) -> list[dict]:
     for module, name in (
         (finetune, "finetune_classification"),
         (finetune, "finetune_segmentation"),
-        (jsrt, "run_jsrt_fewshot"),
-        (kermany, "run_kermany_label_efficiency"),
-        (hippo, "run_hippocampus_fewshot"),
+        (engine, "run_benchmark"),
     ):
         monkeypatch.setattr(module, name, record)
     monkeypatch.setattr(finetune, "is_3d_segmentation", lambda data, pre: "hippo" in str(data))
@@ -244,9 +240,9 @@ def _override_keys(path: Path) -> set[str]:
 
 
 def test_every_set_in_the_tests_and_benchmarks_names_a_known_key():
-    """The ``--set`` pairs and ``apply_overrides`` lists of the test suite and benchmarks/."""
+    """The ``--set`` pairs and ``apply_overrides`` lists of the test suite and perf/."""
     keys = set()
-    for path in [*(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]:
+    for path in [*(ROOT / "tests").rglob("*.py"), *(ROOT / "perf").glob("*.py")]:
         if path.name != Path(__file__).name:
             keys |= _override_keys(path)
     known = [_KnownKeys(load_config(p)) for p in list_presets()]
@@ -341,7 +337,7 @@ def _paths(d: dict, prefix: str = "") -> set[str]:
 
 
 def test_every_downstream_default_is_a_known_key():
-    from medfoundry.evaluate import hippocampus_fewshot, jsrt_fewshot, kermany_label_efficiency
+    from medfoundry.benchmarks import hippocampus_fewshot, jsrt_fewshot, kermany_label_efficiency
     from medfoundry.tasks import segmentation, segmentation3d
     from medfoundry.train import segment_module
 

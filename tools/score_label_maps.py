@@ -19,7 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medfoundry.evaluate.metrics3d import dice_per_class
+from medfoundry.metrics.segmentation3d import dice_per_class
 
 SUFFIX = ".nii.gz"
 

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,24 +46,43 @@ PRETRAIN_FLAGS = {
 }
 
 
+class _MethodNames(Sequence[str]):
+    """The registered pretraining methods in their order (``methods.method_names``), looked up
+    when first parsed or shown: building the parser imports no torch."""
+
+    def _names(self) -> tuple[str, ...]:
+        from medfoundry.methods import method_names
+
+        return method_names()
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+
 def _devices(value: str) -> Any:
     return int(value) if value.isdigit() else value
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="self-supervised pretraining on a folder of images")
-    p.add_argument(
-        "--method",
-        required=True,
-        choices=["adam", "adam_v2", "moco", "mae", "volume_fusion", "voco"],
-        help="SSL method (config key: method)",
-    )
+    method = p.add_argument("--method", required=True, help="SSL method (config key: method)")
+    method.choices = _MethodNames()  # set after add_argument, which would list them (torch)
     p.add_argument(
         "--data",
         required=True,
         nargs="+",
         type=Path,
-        help="image folder(s) or files; for volume_fusion/voco one `medfoundry prepare` store",
+        help="image folder(s) or files, or one `prepare-2d --store` 2D store; for "
+        "volume_fusion/voco one `medfoundry prepare` store",
     )
     p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--config", help="preset name or YAML file (default: the method's preset)")
@@ -142,147 +161,66 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
 
-def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+def _add_benchmark(sub: argparse._SubParsersAction, registered: bool) -> None:
+    """`benchmark <command>` for every registered benchmark (same flags for all), and merge;
+    without ``registered`` only merge (the registry imports torch)."""
     p = sub.add_parser("benchmark", help="run a benchmark protocol")
     bsub = p.add_subparsers(dest="benchmark", required=True)
-    j = bsub.add_parser(
-        "jsrt-fewshot", help="Adam paper few-shot SCR segmentation (heart, clavicle, lungs)"
-    )
-    j.add_argument("--train-data", required=True, type=Path, help="JSRT-layout training pool")
-    j.add_argument("--test-data", required=True, type=Path, help="JSRT-layout test folder")
-    j.add_argument(
-        "--pretrained",
-        nargs="+",
-        required=True,
-        help="run folder(s)/checkpoint(s), or 'none' for scratch only",
-    )
-    j.add_argument("--out", required=True, type=Path)
-    j.add_argument(
-        "--config",
-        default="jsrt_fewshot",
-        help="preset name or YAML (default jsrt_fewshot; jsrt_fewshot_cpu for CPU)",
-    )
-    j.add_argument("--shots", type=int, nargs="+", help="[shots]")
-    j.add_argument("--repeats", type=int, help="[repeats]")
-    j.add_argument("--steps", type=int, help="[steps]")
-    j.add_argument("--image-size", type=int, help="[image_size]")
-    j.add_argument("--no-progress", action="store_true")
-    j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    _add_kermany_label_efficiency(bsub)
-    _add_hippocampus_fewshot(bsub)
-    _add_eve_benchmark(bsub)
+    if registered:
+        from medfoundry.benchmarks import specs
+
+        for spec in specs().values():
+            _add_benchmark_command(bsub, spec)
     m = bsub.add_parser(
         "merge",
-        help="merge arms run as separate processes (same command and config, own --out) into "
-        "one benchmark folder; rerun that folder's command to write its results",
+        help="merge arms run as separate processes (same command and config, --arms NAME, own "
+        "--out) into one benchmark folder; rerun that folder's command to write its results",
         description="Copies the finished runs and lr-tuning scores of every arm in SOURCE "
         "folders into --into, after checking that all folders hold the same protocol (config, "
         "splits, pool and test cases) and that an arm in two folders trains the same network "
-        "(medfoundry.evaluate.merge). Rerunning --into's benchmark command then finds those "
+        "(medfoundry.benchmarks.merge). Rerunning --into's benchmark command then finds those "
         "jobs done, trains what is left and writes results.json, results.md and the plot.",
     )
     m.add_argument("--into", required=True, type=Path, help="benchmark folder to complete")
     m.add_argument("sources", nargs="+", type=Path, help="benchmark folders to copy arms from")
 
 
-def _add_kermany_label_efficiency(bsub: argparse._SubParsersAction) -> None:
-    """The `benchmark kermany-label-efficiency` subcommand: flags map to config keys."""
-    k = bsub.add_parser(
-        "kermany-label-efficiency",
-        help="pneumonia vs normal AUC/accuracy with 8, 16, 32 labels and 1/10/100%% of them, "
-        "fine-tuned and linear probe",
-    )
-    k.add_argument(
-        "--train-data", required=True, type=Path, help="training folder: NORMAL/ and PNEUMONIA/"
-    )
-    k.add_argument("--test-data", required=True, type=Path, help="test folder, same classes")
-    k.add_argument(
-        "--pretrained",
-        nargs="+",
-        required=True,
-        help="run folder(s)/checkpoint(s), or 'none' for scratch only",
-    )
-    k.add_argument("--out", required=True, type=Path)
-    k.add_argument(
+def _add_benchmark_command(bsub: argparse._SubParsersAction, spec: Any) -> None:
+    """One benchmark's subcommand: the shared flags, then the spec's own (each sets a key)."""
+    b = bsub.add_parser(spec.command, help=spec.help, description=spec.description)
+    b.add_argument("--train-data", required=True, type=Path, help=spec.train_help)
+    b.add_argument("--test-data", required=True, type=Path, help=spec.test_help)
+    b.add_argument("--pretrained", nargs="+", required=True, help=spec.pretrained_help)
+    b.add_argument("--out", required=True, type=Path)
+    b.add_argument(
         "--config",
-        default="kermany_label_efficiency",
-        help="preset name or YAML (default kermany_label_efficiency; "
-        "kermany_label_efficiency_cpu for CPU)",
+        default=spec.preset,
+        help=f"preset name or YAML (default {spec.preset}; {spec.preset}_cpu for CPU)",
     )
-    k.add_argument("--budgets", nargs="+", help="[budgets] image counts and/or percents (10%%)")
-    k.add_argument("--repeats", type=int, help="[repeats]")
-    k.add_argument("--image-size", type=int, help="[image_size]")
-    k.add_argument("--no-progress", action="store_true")
-    k.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-
-
-def _add_hippocampus_fewshot(bsub: argparse._SubParsersAction) -> None:
-    """The `benchmark hippocampus-fewshot` subcommand: flags map to config keys."""
-    h = bsub.add_parser(
-        "hippocampus-fewshot",
-        help="3D few-shot segmentation of the hippocampus (anterior, posterior Dice and HD95) "
-        "with 5, 10, 20 and all labeled cases, each checkpoint against an equally tuned scratch arm",
-        description="Prepares both MSD folders into 3D stores under --out (same preprocessing), "
-        "trains every arm on the same seeded subsets, scores every test case, and writes "
-        "results.json, results.md and results.png; a rerun resumes "
-        "(protocol: medfoundry.evaluate.hippocampus_fewshot).",
-    )
-    h.add_argument(
-        "--train-data",
-        required=True,
-        type=Path,
-        help="MSD-layout training pool (imagesTr/, labelsTr/, dataset.json); validation cases "
-        "come from here",
-    )
-    h.add_argument(
-        "--test-data", required=True, type=Path, help="MSD-layout test folder (evaluation only)"
-    )
-    h.add_argument(
-        "--pretrained",
+    for flag in spec.flags:
+        b.add_argument(flag.name, dest=flag.key, type=flag.type, nargs=flag.nargs, help=flag.help)
+    if spec.trains:
+        b.add_argument("--repeats", type=int, help="[repeats]")
+    if spec.has_steps:
+        b.add_argument("--steps", type=int, help="[steps]")
+    if spec.size_flag == "image-size":
+        b.add_argument("--image-size", type=int, help="[image_size]")
+    elif spec.size_flag == "patch-size":
+        b.add_argument(
+            "--patch-size", type=int, nargs=3, metavar=("D", "H", "W"), help="[patch_size]"
+        )
+    b.add_argument(
+        "--arms",
         nargs="+",
-        required=True,
-        help="3D run folder(s)/checkpoint(s) (volume_fusion, voco), or 'none' for scratch only",
+        metavar="NAME",
+        help="run only these arms (names as in results.md, e.g. scratch); give each such "
+        "process its own --out and join the folders with `benchmark merge`",
     )
-    h.add_argument("--out", required=True, type=Path)
-    h.add_argument(
-        "--config",
-        default="hippocampus_fewshot",
-        help="preset name or YAML (default hippocampus_fewshot; hippocampus_fewshot_cpu for CPU)",
-    )
-    h.add_argument("--budgets", nargs="+", help="[budgets] labeled case counts and/or 'all'")
-    h.add_argument("--repeats", type=int, help="[repeats]")
-    h.add_argument("--steps", type=int, help="[steps]")
-    h.add_argument("--no-progress", action="store_true")
-    h.add_argument(
+    b.add_argument("--no-progress", action="store_true")
+    b.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key"
     )
-
-
-def _add_eve_benchmark(bsub: argparse._SubParsersAction) -> None:
-    """The `benchmark eve` subcommand: flags map to config keys."""
-    e = bsub.add_parser(
-        "eve",
-        help="Eve on JSRT landmarks: matching across patients, locality (kNN), compositionality",
-        description="For every checkpoint and a random initialisation of each network, on the "
-        "test folder only: landmark matching error (px), kNN accuracy of the landmark name and "
-        "cosine of a whole's Eve with its parts' mean; writes results.json, results.md, "
-        "results.png and a t-SNE map per arm; a rerun resumes (protocol: "
-        "medfoundry.evaluate.eve, docs/eve.md).",
-    )
-    e.add_argument(
-        "--train-data",
-        required=True,
-        type=Path,
-        help="JSRT-layout folder: reference images and the kNN memory",
-    )
-    e.add_argument("--test-data", required=True, type=Path, help="JSRT-layout test folder")
-    e.add_argument("--pretrained", nargs="+", required=True, help="2D run folder(s)/checkpoint(s)")
-    e.add_argument("--out", required=True, type=Path)
-    e.add_argument("--config", default="eve", help="preset name or YAML (eve; eve_cpu for CPU)")
-    e.add_argument("--crop-size", type=int, help="[crop_size] landmark crop side in pixels")
-    e.add_argument("--stride", type=int, help="[stride] dense matching grid step in pixels")
-    e.add_argument("--no-progress", action="store_true")
-    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    b.set_defaults(flag_keys=[f.key for f in spec.flags])
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -330,6 +268,15 @@ def _add_prepare_2d(sub: argparse._SubParsersAction) -> None:
         "minimum is <= -500 HU, else MR-style percentile normalisation",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an old corpus in --out")
+    p.add_argument(
+        "--store",
+        action="store_true",
+        help="also write the finished corpus as a 2D store (memory-mapped shards) into "
+        "OUT/store2d, for `pretrain --data OUT/store2d` without decoding every image first",
+    )
+    p.add_argument(
+        "--shard-size", type=int, default=4096, help="images per store shard (default 4096)"
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -341,7 +288,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "resampled, [0, 1]-scaled, foreground-cropped .npy volumes for fast random crops",
         description="Read every volume under --data, resample it to one spacing, scale it to "
         "[0, 1], crop it to its foreground and write .npy files and store.json to --out "
-        "(rules: medfoundry.data.store3d).",
+        "(rules: medfoundry.data.store.build).",
     )
     p.add_argument(
         "--data",
@@ -594,12 +541,14 @@ def cmd_landmarks(args: argparse.Namespace) -> None:
     print(f"landmarks: {args.out} ({rows} points of {args.data}, crops of {args.size} px)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(benchmarks: bool = False) -> argparse.ArgumentParser:
+    """The `medfoundry` parser; ``benchmarks``: with every registered benchmark's subcommand
+    (importing their modules, and torch: only when a command line names `benchmark`)."""
     parser = argparse.ArgumentParser(prog="medfoundry", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pretrain(sub)
     _add_finetune(sub)
-    _add_benchmark(sub)
+    _add_benchmark(sub, benchmarks)
     _add_demo(sub)
     _add_prepare_2d(sub)
     _add_prepare(sub)
@@ -667,94 +616,33 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
+    """Run (or resume) the benchmark ``args.benchmark`` into --out, or merge folders."""
     if args.benchmark == "merge":
-        from medfoundry.evaluate.merge import merge_benchmark_folders
+        from medfoundry.benchmarks.merge import merge_benchmark_folders
 
         merged = merge_benchmark_folders(args.into, args.sources)
         for source, arms in merged.items():
             print(f"{source}: {', '.join(arms)} -> {args.into}")
         print("rerun the benchmark command of --into to finish it and write its results")
         return
-    if args.benchmark == "kermany-label-efficiency":
-        cmd_kermany_label_efficiency(args)
-        return
-    if args.benchmark == "hippocampus-fewshot":
-        cmd_hippocampus_fewshot(args)
-        return
-    if args.benchmark == "eve":
-        cmd_eve_benchmark(args)
-        return
-    from medfoundry.evaluate.jsrt_fewshot import run_jsrt_fewshot
+    from medfoundry.benchmarks import get_spec
 
+    spec = get_spec(args.benchmark)
     cfg = load_config(args.config)
-    for dest, key in (
-        ("shots", "shots"),
-        ("repeats", "repeats"),
-        ("steps", "steps"),
-        ("image_size", "image_size"),
-    ):
-        value = getattr(args, dest)
+    for key in [*args.flag_keys, "repeats", "steps", "image_size", "patch_size"]:
+        value = getattr(args, key, None)
         if value is not None:
             set_dotted(cfg, key, value)
     cfg = apply_overrides(cfg, args.set)
     pretrained = [None if p.lower() == "none" else p for p in args.pretrained]
-    run_jsrt_fewshot(
-        args.train_data, args.test_data, pretrained, args.out, cfg, progress=not args.no_progress
-    )
-    print(f"results: {args.out / 'results.md'}")
-
-
-def cmd_kermany_label_efficiency(args: argparse.Namespace) -> None:
-    """Run (or resume) the Kermany label-efficiency benchmark into --out."""
-    from medfoundry.evaluate.kermany_label_efficiency import run_kermany_label_efficiency
-
-    cfg = load_config(args.config)
-    for dest in ("budgets", "repeats", "image_size"):
-        value = getattr(args, dest)
-        if value is not None:
-            set_dotted(cfg, dest, value)
-    cfg = apply_overrides(cfg, args.set)
-    pretrained = [None if p.lower() == "none" else p for p in args.pretrained]
-    run_kermany_label_efficiency(
-        args.train_data, args.test_data, pretrained, args.out, cfg, progress=not args.no_progress
-    )
-    print(f"results: {args.out / 'results.md'}")
-
-
-def cmd_hippocampus_fewshot(args: argparse.Namespace) -> None:
-    """Run (or resume) the Hippocampus few-shot 3D benchmark into --out."""
-    from medfoundry.evaluate.hippocampus_fewshot import run_hippocampus_fewshot
-
-    cfg = load_config(args.config)
-    for dest in ("budgets", "repeats", "steps"):
-        value = getattr(args, dest)
-        if value is not None:
-            set_dotted(cfg, dest, value)
-    cfg = apply_overrides(cfg, args.set)
-    pretrained = [None if p.lower() == "none" else p for p in args.pretrained]
-    run_hippocampus_fewshot(
-        args.train_data, args.test_data, pretrained, args.out, cfg, progress=not args.no_progress
-    )
-    print(f"results: {args.out / 'results.md'}")
-
-
-def cmd_eve_benchmark(args: argparse.Namespace) -> None:
-    """Run (or resume) the Eve benchmark into --out."""
-    from medfoundry.evaluate.eve import run_eve_benchmark
-
-    cfg = load_config(args.config)
-    for dest in ("crop_size", "stride"):
-        value = getattr(args, dest)
-        if value is not None:
-            set_dotted(cfg, dest, value)
-    cfg = apply_overrides(cfg, args.set)
-    run_eve_benchmark(
+    spec.run(
         args.train_data,
         args.test_data,
-        args.pretrained,
+        pretrained,
         args.out,
         cfg,
         progress=not args.no_progress,
+        arms=args.arms,
     )
     print(f"results: {args.out / 'results.md'}")
 
@@ -769,6 +657,8 @@ def cmd_prepare_2d(args: argparse.Namespace) -> None:
     """Build a 2D corpus and print a one-line summary."""
     from medfoundry.data.corpus2d import build_corpus_2d
 
+    if args.store and args.shard_size < 1:  # before the corpus build, not after it
+        raise MedfoundryError(f"--shard-size must be a positive integer, got {args.shard_size}")
     summary = build_corpus_2d(
         args.source,
         args.out,
@@ -785,11 +675,25 @@ def cmd_prepare_2d(args: argparse.Namespace) -> None:
         f"corpus: {args.out} ({summary['images']} images from {totals['inputs_2d']} 2D files "
         f"and {totals['volumes']} volumes; skipped slices: {skipped}; {summary['seconds']} s)"
     )
+    if args.store:
+        from medfoundry.data.store.images2d import STORE2D_DIR
+        from medfoundry.data.store.images2d_build import build_store2d
+
+        store = build_store2d(
+            args.out,
+            args.out / STORE2D_DIR,
+            shard_size=args.shard_size,
+            progress=not args.no_progress,
+        )
+        print(
+            f"2D store: {args.out / STORE2D_DIR} ({store['count']} images in "
+            f"{len(store['shards'])} shards; {store['seconds']} s)"
+        )
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     """Build a 3D store and print a one-line summary."""
-    from medfoundry.data.store3d import prepare_store
+    from medfoundry.data.store.build import prepare_store
 
     summary = prepare_store(
         args.data,
@@ -841,7 +745,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    console = argv is None  # the console command (in-process callers pass argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(benchmarks="benchmark" in words).parse_args(words)
     handlers = {
         "pretrain": cmd_pretrain,
         "finetune": cmd_finetune,
@@ -858,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     from medfoundry.runtime import stop_signals
 
     try:
-        with stop_signals(), one_line_warnings(console=argv is None):
+        with stop_signals(), one_line_warnings(console=console):
             handlers[args.command](args)
     except MedfoundryError as exc:
         print(f"medfoundry: error: {exc}", file=sys.stderr)

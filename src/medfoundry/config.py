@@ -160,7 +160,9 @@ def _presets_folder() -> Path:
 
 
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in _presets_folder().glob("*.yaml"))
+    """The presets a user runs; a file whose name starts with ``_`` is a base that presets
+    extend (``_segmentation_recipe``), loadable by name but not listed."""
+    return sorted(p.stem for p in _presets_folder().glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from PIL import Image
 
 from medfoundry.data.image2d import is_constant, load_2d
 from medfoundry.data.manifest import scan_segmentation_folder
-from medfoundry.data.pretrain import load_images
 from medfoundry.data.segmentation import load_segmentation_set
+from medfoundry.data.unlabeled2d import load_images
 
 
 def _png(path, array) -> None:

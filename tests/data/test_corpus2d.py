@@ -16,7 +16,7 @@ from PIL import Image
 from medfoundry.cli import main
 from medfoundry.data import corpus2d
 from medfoundry.data.corpus2d import MANIFEST_COLUMNS, build_corpus_2d
-from medfoundry.data.pretrain import collect_images, load_images
+from medfoundry.data.unlabeled2d import collect_images, load_images
 from medfoundry.errors import InputError
 
 N = 32  # slice side and corpus size: no resizing, so pixel values can be checked exactly

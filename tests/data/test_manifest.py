@@ -101,6 +101,15 @@ def test_scan_class_folders_labels_and_groups(tmp_path):
     ]
 
 
+def test_scan_class_folders_groups_with_the_given_patient_rule(tmp_path):
+    _touch(tmp_path / "A" / "p1-x.png")
+    _touch(tmp_path / "A" / "p1-y.png")
+    _touch(tmp_path / "B" / "p2-x.png")
+    items, _ = scan_class_folders(tmp_path, patient_id=lambda path: path.stem.split("-")[0])
+    assert [it.group for it in items] == ["p1", "p1", "p2"]
+    assert [it.group for it in scan_class_folders(tmp_path)[0]] == ["p1-x", "p1-y", "p2-x"]
+
+
 def test_scan_class_folders_errors(tmp_path):
     _touch(tmp_path / "ONLY" / "a.png")
     with pytest.raises(InputError, match="at least 2 class folders"):

@@ -9,12 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
+from medfoundry.data.augment import augment_batch
 from medfoundry.data.manifest import scan_segmentation_folder
-from medfoundry.data.segmentation import STRUCTURE_GROUPS, augment_batch, load_segmentation_set
+from medfoundry.data.segmentation import load_segmentation_set, structure_groups
 from medfoundry.errors import InputError
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 NAMES = ["heart", "left_clavicle", "right_clavicle", "left_lung", "right_lung"]
+REPORTED = ["heart", "clavicle", "lungs"]  # clavicle, lungs: unions of their left_ / right_ masks
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -42,11 +44,11 @@ def _folder(root: Path, n: int = 2, size: int = 64) -> Path:
 
 def test_groups_are_unions_and_sizes(tmp_path):
     items = scan_segmentation_folder(_folder(tmp_path), structures=NAMES)
-    images, masks = load_segmentation_set(items, 32)
+    images, masks = load_segmentation_set(items, 32, REPORTED)
     assert images.shape == (2, 1, 32, 32) and images.dtype == torch.float32
     assert masks.shape == (2, 3, 32, 32) and masks.dtype == torch.uint8
     assert set(masks.unique().tolist()) <= {0, 1}
-    clav = masks[:, list(STRUCTURE_GROUPS).index("clavicle")]
+    clav = masks[:, REPORTED.index("clavicle")]
     # union of both clavicle bars: rows 4..5 at 32², on both halves of the image
     assert clav[0, 4:6, 3:13].all() and clav[0, 4:6, 19:29].all()
     assert clav[0, :4].sum() == 0 and clav[0, 6:].sum() == 0
@@ -120,8 +122,34 @@ def test_augment_batched_on_non_square():
 @pytest.mark.skipif(not (DATA / "jsrt").is_dir(), reason="shared JSRT data not available")
 def test_real_jsrt_masks():
     items = scan_segmentation_folder(DATA / "jsrt", structures=NAMES)[:2]
-    images, masks = load_segmentation_set(items, 128)
+    images, masks = load_segmentation_set(items, 128, REPORTED)
     assert images.shape == (2, 1, 128, 128)
     frac = masks.float().mean((0, 2, 3))
     heart, clavicle, lungs = frac.tolist()
     assert 0.03 < heart < 0.2 and 0.005 < clavicle < 0.05 and 0.15 < lungs < 0.5
+
+
+def test_structure_groups_bilateral_names_named_groups_and_mappings():
+    masks = ["heart", "left_clavicle", "right_clavicle", "left_lung", "right_lung", "lungs_old"]
+    assert structure_groups(REPORTED, masks) == {
+        "heart": ("heart",),
+        "clavicle": ("left_clavicle", "right_clavicle"),
+        "lungs": ("left_lung", "right_lung"),
+    }
+    assert structure_groups(None, ["b", "a"]) == {"a": ("a",), "b": ("b",)}
+    # a mask of the name's own wins over its left / right masks; without the data's masks
+    # (or a pair) a name is its own mask; a dataset's named groups and a mapping are taken as given
+    assert structure_groups(["lungs"], ["lungs", "left_lung", "right_lung"]) == {
+        "lungs": ("lungs",)
+    }
+    assert structure_groups(["clavicle", "lungs"]) == {
+        "clavicle": ("clavicle",),
+        "lungs": ("lungs",),
+    }
+    assert structure_groups(["lungs"], ["left_lung"]) == {"lungs": ("lungs",)}
+    assert structure_groups(["kidneys"], ["left_kidney", "right_kidney"])["kidneys"] == (
+        "left_kidney",
+        "right_kidney",
+    )
+    assert structure_groups(["all"], named={"all": ["a", "b"]}) == {"all": ("a", "b")}
+    assert structure_groups({"x": ["a", "b"]}, masks) == {"x": ("a", "b")}

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from medfoundry.cli import main
-from medfoundry.data.cases3d import Case3D
-from medfoundry.data.resample3d import resample_label
-from medfoundry.data.spacing3d import probe_spacing
-from medfoundry.data.store3d import StoreCropDataset, open_store, prepare_store
+from medfoundry.data.store.build import StoreCropDataset, open_store, prepare_store
+from medfoundry.data.store.cases import Case3D
+from medfoundry.data.store.resample import resample_label
+from medfoundry.data.store.spacing import probe_spacing
 from medfoundry.errors import InputError
 from medfoundry.io import read_image
 

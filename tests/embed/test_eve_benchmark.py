@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from medfoundry.benchmarks import eve as eve_benchmark
 from medfoundry.cli import main
 from medfoundry.config import apply_overrides, load_config
 from medfoundry.embed import load_eve_model, load_images
@@ -67,13 +68,15 @@ def test_a_killed_run_resumes_the_missing_arm_only(
             raise KeyboardInterrupt
         return real(arm, *args, **kwargs)
 
-    monkeypatch.setattr(eve, "evaluate_arm", dies_on_second)
+    monkeypatch.setattr(eve_benchmark, "evaluate_arm", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
-        eve.run_eve_benchmark(train, test, [eve_checkpoint], tmp_path / "o", cfg, progress=False)
+        eve_benchmark.run_eve_benchmark(
+            train, test, [eve_checkpoint], tmp_path / "o", cfg, progress=False
+        )
     assert (tmp_path / "o" / "results.partial.json").is_file()
-    monkeypatch.setattr(eve, "evaluate_arm", real)
+    monkeypatch.setattr(eve_benchmark, "evaluate_arm", real)
     first = json.loads((tmp_path / "o" / "results.partial.json").read_text())["arms"]
-    state = eve.run_eve_benchmark(
+    state = eve_benchmark.run_eve_benchmark(
         train, test, [eve_checkpoint], tmp_path / "o", cfg, progress=False
     )
     assert list(state["arms"]) == ["adam-run", "random"]

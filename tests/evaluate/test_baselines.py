@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medfoundry.evaluate.baselines import mean_mask_dice, mean_mask_prediction
-from medfoundry.evaluate.metrics import dice_score
+from medfoundry.metrics.segmentation import dice_score
 
 
 def _box(h: int, w: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:

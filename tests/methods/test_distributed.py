@@ -19,7 +19,7 @@ from medfoundry.methods.distributed import (
     rank,
     world_size,
 )
-from medfoundry.nets.resnet import create_backbone
+from medfoundry.nets import create_backbone
 
 BATCH = 4
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from medfoundry.methods import ADAM_LEVELS, METHODS, MoCo, build_method
-from medfoundry.nets.resnet import create_backbone
+from medfoundry.nets import create_backbone
 from medfoundry.pretext import AnatomyAugment
 
 

@@ -127,7 +127,7 @@ def test_pctnet_backbone_builds_a_deeply_supervised_pctnet() -> None:
 
 
 def test_pctnet_training_loss_is_deeply_supervised_and_validation_uses_the_main_output() -> None:
-    from medfoundry.nets.pctnet import deep_supervision_weights
+    from medfoundry.methods.losses import deep_supervision_weights
 
     model = tiny_pct()
     batch = crops(size=PCT_SIZE)

@@ -5,17 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medfoundry.methods.losses import deep_supervision_loss, deep_supervision_weights
 from medfoundry.nets import backbone_names, create_backbone
-from medfoundry.nets.pctnet import (
-    PCTNet,
-    PCTNetDecoder,
-    PCTNetEncoder,
-    SwinBlock3d,
-    SwinLayer3d,
-    deep_supervision_loss,
-    deep_supervision_weights,
-    window_mask_3d,
-)
+from medfoundry.nets.pctnet import PCTNet, PCTNetDecoder, PCTNetEncoder
+from medfoundry.nets.swin_blocks3d import SwinBlock3d, SwinLayer3d, window_mask_3d
 
 WIDTH = 0.125  # channels 3, 6, 16, 32, 64
 SIZE = (16, 32, 32)  # (D, H, W), fits every mode

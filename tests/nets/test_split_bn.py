@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from medfoundry.nets.resnet import create_backbone
+from medfoundry.nets import create_backbone
 from medfoundry.nets.split_bn import SplitBatchNorm, split_batchnorm
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medfoundry.nets.swin_blocks import apply_mask_token
 from medfoundry.pretext.masking import (
-    apply_mask_token,
     block_mask,
     block_mask_from_noise,
     masked_unit_count,

@@ -17,7 +17,7 @@ from torch import nn
 
 import medfoundry
 from medfoundry.cli import main
-from medfoundry.data.preprocess3d import VolumeSettings, to_original_grid
+from medfoundry.data.store.preprocess import VolumeSettings, to_original_grid
 from medfoundry.errors import CheckpointError, InputError
 from medfoundry.io import read_image
 from medfoundry.tasks.predict3d import (

@@ -99,7 +99,7 @@ def test_moco_with_an_adam_preset_trains_level_zero_for_the_total_epochs(
 
 
 def test_pretraining_curves_are_plotted(xray_folder, tmp_path, tiny_pretrain_config):
-    from medfoundry.evaluate.curves import read_stage_log
+    from medfoundry.train.curves import read_stage_log
 
     run = pretrain(tiny_pretrain_config("adam"), [xray_folder], tmp_path / "run", progress=False)
     assert (run / "curves.png").stat().st_size > 0
@@ -288,7 +288,7 @@ def _class_folders(root, n_per_class: int = 6):
 def test_probe_data_logs_probe_scores_and_selects_by_them(
     xray_folder, tmp_path, tiny_pretrain_config
 ):
-    from medfoundry.evaluate.curves import read_stage_log
+    from medfoundry.train.curves import read_stage_log
 
     cfg = tiny_pretrain_config("moco")
     cfg["epochs"] = 2

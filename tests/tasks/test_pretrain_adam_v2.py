@@ -77,7 +77,7 @@ def test_stages_run_in_order_and_the_teacher_exports(adam_v2_run) -> None:
 
 
 def test_lcd_starts_from_l_and_logs_its_terms(adam_v2_run) -> None:
-    from medfoundry.evaluate.curves import panels_for, read_stage_log
+    from medfoundry.train.curves import panels_for, read_stage_log
 
     run = adam_v2_run
     l_log, lcd_log = read_stage_log(run / "stage0_L"), read_stage_log(run / "stage1_LCD")
@@ -85,7 +85,7 @@ def test_lcd_starts_from_l_and_logs_its_terms(adam_v2_run) -> None:
         assert f"train/{key}_step" in l_log and f"val/{key}" in lcd_log
     assert "train/loss_c_step" in lcd_log and "train/loss_d_step" in lcd_log
     assert "train/loss_c_step" not in l_log  # stage L has no C/D terms
-    titles = [p.title for p in panels_for([l_log, lcd_log])]
+    titles = [p.title for p in panels_for([l_log, lcd_log], "adam_v2")]
     assert any("composability" in t for t in titles) and any("teacher entropy" in t for t in titles)
     assert (run / "curves.png").stat().st_size > 0
     # LCD's centre moved on from L's (it was loaded, then updated), L's is not zero

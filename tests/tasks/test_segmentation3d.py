@@ -17,27 +17,30 @@ from synthetic3d import write_blob_msd
 
 from medfoundry.cli import main
 from medfoundry.config import apply_overrides, load_config
-from medfoundry.data.patches3d import PatchBatches, foreground_flags
-from medfoundry.data.store3d import prepare_store
-from medfoundry.data.store3d_reader import open_store
+from medfoundry.data.store.build import prepare_store
+from medfoundry.data.store.patches import PatchBatches, foreground_flags
+from medfoundry.data.store.reader import open_store
 from medfoundry.errors import CheckpointError, InputError, MedfoundryError
-from medfoundry.evaluate.metrics3d import dice_per_class, hd95_per_class
+from medfoundry.methods.losses import deep_supervision_weights
+from medfoundry.metrics.segmentation3d import dice_per_class, hd95_per_class
 from medfoundry.nets import create_backbone
-from medfoundry.nets.pctnet import PCTNetDecoder, deep_supervision_weights
+from medfoundry.nets.pctnet import PCTNetDecoder
 from medfoundry.nets.segmenters3d import create_segmenter3d
 from medfoundry.tasks.pretrain import pretrain
 from medfoundry.tasks.segmentation3d import (
-    build_segmenter3d,
-    check_preprocessing,
     evaluate_cases,
     finetune_segmentation3d,
-    network_setup,
-    network_size_multiple,
     predict_volume,
     train_segmenter3d,
 )
 from medfoundry.train.segment3d_module import Segment3DModule
 from medfoundry.zoo import read_meta, save_checkpoint
+from medfoundry.zoo.adapt3d import (
+    build_segmenter3d,
+    check_preprocessing,
+    network_setup,
+    network_size_multiple,
+)
 
 TINY_RESNET = {"backbone": {"name": "resnet10", "width": 0.125}, "decoder_channels": [8] * 5}
 UNET_CFG = {
@@ -291,7 +294,7 @@ def test_pctnet_fine_tuning_is_deeply_supervised_and_validates_the_main_output()
     torch.manual_seed(1)  # the same dropout / drop-path draws
     outputs = model(images)
     assert len(outputs) == 4
-    terms = [module.criterion(o.float(), labels) for o in outputs]
+    terms = [module.loss_fn.criterion(o.float(), labels) for o in outputs]
     weights = deep_supervision_weights(4)
     assert torch.allclose(loss, sum(w * t for w, t in zip(weights, terms, strict=True)))
     assert not torch.allclose(loss, terms[0])  # the auxiliary outputs count

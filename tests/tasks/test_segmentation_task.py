@@ -107,7 +107,7 @@ def test_swin_encoder_gets_a_swin_unet_with_the_mae_decoder(tmp_path):
 
 
 def test_benchmark_gives_each_network_its_own_scratch_arm(tmp_path):
-    from medfoundry.evaluate.jsrt_fewshot import DEFAULT_CONFIG, resolve_arms
+    from medfoundry.benchmarks.jsrt_fewshot import DEFAULT_CONFIG, resolve_arms
 
     bb = create_backbone(**BACKBONE)
     save_checkpoint(
@@ -145,15 +145,16 @@ def test_swin_recipe_overrides_only_swin_networks():
 @pytest.mark.parametrize("backbone", [BACKBONE, SWIN], ids=["resnet", "swin"])
 def test_grad_clip_reaches_the_trainer(monkeypatch, backbone):
     import medfoundry.tasks.segmentation as seg
+    import medfoundry.train.fit as fit
 
     seen = []
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("gradient_clip_val"))
-        return seg_make_trainer(*args, **kwargs)
+        return fit_make_trainer(*args, **kwargs)
 
-    seg_make_trainer = seg.make_trainer
-    monkeypatch.setattr(seg, "make_trainer", spy)
+    fit_make_trainer = fit.make_trainer
+    monkeypatch.setattr(fit, "make_trainer", spy)
     x, y = torch.randn(2, 1, 64, 64), (torch.rand(2, 2, 64, 64) > 0.5).to(torch.uint8)
     cfg = {"steps": 2, "batch_size": 2, "decoder_channels": DEC, "accelerator": "cpu"}
     cfg["swin"] = {"grad_clip": 0.5}

@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from medfoundry.errors import MedfoundryError
-from medfoundry.tasks.segmentation3d import init_new_parts
-from medfoundry.train.optim import encoder_aware_adamw, zero_last_layer
+from medfoundry.train.optim import encoder_aware_adamw, init_new_parts, zero_last_layer
 
 
 class _Net(nn.Module):

@@ -113,16 +113,16 @@ def _fit_fixed_batch(cfg: dict, steps: int) -> tuple[float, float]:
     yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
     y = torch.stack([(x[:, 0] > 0.3), ((yy < 16) & (xx < 20)).expand(4, -1, -1)], 1).float()
     with torch.no_grad():
-        before = float(module.loss(model(x), y))
+        before = float(module.loss_fn(model(x), y))
     for _ in range(steps):
-        loss = module.loss(model(x), y)
+        loss = module.loss_fn(model(x), y)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
         opt.step()
         sched.step()
     with torch.no_grad():
-        after = float(module.loss(model(x), y))
+        after = float(module.loss_fn(model(x), y))
     return before, after
 
 

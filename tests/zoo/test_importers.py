@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from medfoundry.errors import CheckpointError
 from medfoundry.nets import create_backbone
 from medfoundry.nets.swin_decoder import SwinDecoder
-from medfoundry.tasks.segmentation3d import build_segmenter3d, network_setup
 from medfoundry.zoo import import_checkpoint, load_backbone, load_decoder, read_metadata
+from medfoundry.zoo.adapt3d import build_segmenter3d, network_setup
 from medfoundry.zoo.importers import adapt_input_channels
 
 G = torch.Generator().manual_seed(0)

@@ -1,34 +1,11 @@
 """Build a 2D pretraining corpus (8-bit PNGs + manifest.csv + corpus.json) from mixed sources.
 
 ``build_corpus_2d`` (CLI: ``medfoundry prepare-2d``) scans each source folder recursively
-(``medfoundry.data.discover``): every 2D file (PNG, JPEG, DICOM radiograph, ...) becomes one
-corpus image; every volume (NIfTI, NRRD/MHA/MHD, a DICOM series folder) is cut into slices along
-``axis`` (``medfoundry.data.slicing``). Rules:
+(``medfoundry.data.discover``): every 2D file becomes one corpus image, every volume is cut into
+slices along ``axis`` (``medfoundry.data.slicing``); ``resolve_modality`` decides CT or not.
+Bad input stops the build with an ``InputError`` naming the file.
 
-- Modality: the DICOM Modality tag; else the ``modality`` argument for volumes (default
-  "unknown"); an "unknown" volume whose minimum is <= -500 is taken as CT in HU (no MR, PET or
-  8/16-bit image goes that low; CT always has air at about -1000 HU).
-- Intensity to [0, 1], then 8 bits:
-  CT (volume or 2D) -> one image per window in ``ct_windows`` (presets lung -600/1500,
-  soft_tissue 40/400, bone 400/1800, wide 0/2000 = -1000..1000 HU, or "LEVEL,WIDTH");
-  any other volume -> the volume's 0.5-99.5 percentile range (one range for all its slices,
-  so empty slices stay dark); any other 2D image (X-rays, "unknown" PNG/JPEG) -> its own
-  0.5-99.5 percentile range (the X-ray normalisation), RGB averaged to gray.
-- Skips, counted per reason in corpus.json: constant images/slices ("constant") and slices of
-  volumes with less than 5% tissue ("near_empty"; the rule is in ``medfoundry.data.slicing``).
-- Size: the physical aspect ratio is kept (pixel spacing counted): the longer side is resized
-  to ``size`` and the shorter one padded evenly with the image's lowest value (air/background).
-- Output: ``OUT/<source>/<relative folder>/<name>[_<axis><index>][_<window>].png``, written
-  atomically; ``manifest.csv`` (one row per PNG, with its size in bytes) and ``corpus.json``
-  (settings, counts per source, modality and skip reason). The folder is a plain image folder
-  for ``medfoundry pretrain --data OUT`` (``collect_images``), which first checks it is complete.
-- Completeness: ``corpus.json`` says ``"complete": false`` while the build runs and every PNG
-  carries a ``Software`` marker, so a stopped build is refused by its consumers and can be
-  deleted by ``--overwrite`` (rules: ``medfoundry.data.corpus2d_check``).
-
-Bad input stops the build with an ``InputError`` naming the file: an unreadable file, a DICOM
-without pixel data, a CT DICOM without rescale tags, NaN voxels, a broken series, a source with
-no image files or whose every slice is skipped (never a silent empty corpus).
+Rules (modality, intensity, skips, size, output, completeness, errors): docs/rules/corpus2d.md.
 """
 
 from __future__ import annotations
@@ -359,7 +336,8 @@ def build_corpus_2d(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write a 2D corpus of ``size``² 8-bit PNGs from 2D files and volumes (rules: module doc).
+    """Write a 2D corpus of ``size``² 8-bit PNGs from 2D files and volumes (rules:
+    docs/rules/corpus2d.md).
 
     Returns the summary also written to ``out_dir/corpus.json``.
     """

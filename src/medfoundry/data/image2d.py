@@ -94,7 +94,20 @@ def load_2d_sized(
         else:
             constant.append(Path(path))
     stored = (int(array.shape[-2]), int(array.shape[-1]))
-    array = to_channels(array, channels, path)
+    return image_to_tensor(array, size, channels, normalization, path), stored
+
+
+def image_to_tensor(
+    array: np.ndarray,
+    size: int | tuple[int, int],
+    channels: int = 1,
+    normalization: dict[str, Any] | None = None,
+    where: str | Path = "image",
+) -> torch.Tensor:
+    """A decoded (C, H, W) float32 image as ``load_2d`` returns it: channel-adapted, resized,
+    normalised. The one code path for files and for the 2D store (``data.store.images2d``), so
+    both give the same tensor bit for bit; ``where`` names the image in errors."""
+    array = to_channels(array, channels, where)
     array = resize_2d(array, size)
     array = normalize(array, normalization or XRAY_NORMALIZATION)
-    return torch.from_numpy(np.ascontiguousarray(array)), stored
+    return torch.from_numpy(np.ascontiguousarray(array))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,11 +108,14 @@ _IM_SERIES = re.compile(r"^(.*?IM-\d+)(?:-\d+)+$", re.IGNORECASE)
 
 
 def patient_id_from_name(path: str | Path) -> str:
-    """Patient id from a file name, for patient-level splits.
+    """Patient id from a file name, for patient-level splits: the default rule of
+    ``scan_class_folders``, which the generic commands (``finetune --task classification``,
+    the demo, the pretraining probe) group patients with; a data set with another naming
+    passes its own rule there.
 
-    Kermany chest X-ray names: ``person1000_bacteria_2931.jpg`` -> ``person1000``,
-    ``IM-0115-0001.jpg`` -> ``IM-0115``, ``IM-0429-0001-0002.jpg`` -> ``IM-0429``,
-    ``NORMAL2-IM-1427-0001.jpeg`` -> ``NORMAL2-IM-1427``. Any other name: its stem.
+    Kermany chest X-ray names (the demo's data): ``person1000_bacteria_2931.jpg`` ->
+    ``person1000``, ``IM-0115-0001.jpg`` -> ``IM-0115``, ``IM-0429-0001-0002.jpg`` ->
+    ``IM-0429``, ``NORMAL2-IM-1427-0001.jpeg`` -> ``NORMAL2-IM-1427``. Any other name: its stem.
     """
     stem = Path(path).stem
     for pattern in (_PERSON, _IM_SERIES):
@@ -122,12 +125,15 @@ def patient_id_from_name(path: str | Path) -> str:
     return stem
 
 
-def scan_class_folders(root: str | Path) -> tuple[list[ClassificationItem], list[str]]:
+def scan_class_folders(
+    root: str | Path, patient_id: Callable[[Path], str] = patient_id_from_name
+) -> tuple[list[ClassificationItem], list[str]]:
     """Items of a ``root/<CLASS>/<images>`` tree and the sorted class names.
 
-    Labels index the sorted class names. Images are searched recursively inside each class
-    folder. Raises ``InputError`` when there are fewer than 2 class folders or a class folder
-    holds no images.
+    Labels index the sorted class names; an item's ``group`` is ``patient_id(path)`` (default:
+    ``patient_id_from_name``). Images are searched recursively inside each class folder.
+    Raises ``InputError`` when there are fewer than 2 class folders or a class folder holds no
+    images.
     """
     base = Path(root)
     if not base.is_dir():
@@ -146,9 +152,7 @@ def scan_class_folders(root: str | Path) -> tuple[list[ClassificationItem], list
             files = scan_images(base / name)
         except InputError as e:
             raise InputError(base / name, f"class {name!r} is empty: {e.problem}") from e
-        items.extend(
-            ClassificationItem(path=f, label=label, group=patient_id_from_name(f)) for f in files
-        )
+        items.extend(ClassificationItem(path=f, label=label, group=patient_id(f)) for f in files)
     return items, classes
 
 

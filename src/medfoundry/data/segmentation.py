@@ -8,8 +8,7 @@ draws random batches from them. Augmentation works on whole batches of tensors (
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,13 +20,6 @@ from medfoundry.data.normalize import XRAY_NORMALIZATION, normalize
 from medfoundry.errors import InputError
 from medfoundry.io import read_image
 
-# Reported structure -> the mask files whose union it is (JSRT/SCR names).
-STRUCTURE_GROUPS: dict[str, tuple[str, ...]] = {
-    "heart": ("heart",),
-    "clavicle": ("left_clavicle", "right_clavicle"),
-    "lungs": ("left_lung", "right_lung"),
-}
-
 
 class _Item(Protocol):  # medfoundry.data.manifest.SegmentationItem
     id: str
@@ -35,20 +27,42 @@ class _Item(Protocol):  # medfoundry.data.manifest.SegmentationItem
     masks: Mapping[str, Any]
 
 
+def bilateral_masks(name: str, available: Collection[str]) -> tuple[str, str] | None:
+    """The ``left_<x>`` and ``right_<x>`` masks whose union structure ``name`` is, when
+    ``available`` holds both (``x``: ``name``, or ``name`` without a plural ``s``: "lungs" ->
+    left_lung + right_lung, "clavicle" -> left_clavicle + right_clavicle); else None."""
+    for stem in (name, name[:-1] if name.endswith("s") else ""):
+        if stem and f"left_{stem}" in available and f"right_{stem}" in available:
+            return f"left_{stem}", f"right_{stem}"
+    return None
+
+
 def structure_groups(
     structures: Mapping[str, Sequence[str]] | Sequence[str] | None,
+    available: Collection[str] | None = None,
+    named: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, tuple[str, ...]]:
-    """Normalise a structure spec: a mapping name -> mask names, or names (each its own mask).
+    """Normalise a structure spec to {reported structure: the mask names whose union it is}.
 
-    Names that are keys of `STRUCTURE_GROUPS` expand to their group ("clavicle" -> left+right).
+    - A mapping name -> mask names: as given.
+    - Names: a key of ``named`` (a dataset's own groups, e.g. the JSRT benchmark's
+      ``JSRT_STRUCTURES``) is its group; else a name that is no mask of ``available`` (the
+      mask names of the data) but has left and right ones is their union (`bilateral_masks`);
+      else the mask of that name.
+    - None: every mask of ``available`` (sorted), each its own structure.
     """
-    if structures is None:
-        return dict(STRUCTURE_GROUPS)
     if isinstance(structures, Mapping):
         return {str(k): tuple(v) for k, v in structures.items()}
+    have = set(available or ())
+    if structures is None:
+        return {m: (m,) for m in sorted(have)}
     if isinstance(structures, str):
         structures = [structures]
-    return {s: STRUCTURE_GROUPS.get(s, (s,)) for s in structures}
+    groups: dict[str, tuple[str, ...]] = {}
+    for s in structures:
+        pair = None if s in have else bilateral_masks(s, have)
+        groups[s] = tuple((named or {}).get(s) or pair or (s,))
+    return groups
 
 
 def check_binary_mask(mask: np.ndarray, path: Any) -> None:
@@ -82,20 +96,22 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def load_segmentation_set(
     items: Sequence[_Item],
     size: int | tuple[int, int],
-    structures: Mapping[str, Sequence[str]] | Sequence[str] | None = STRUCTURE_GROUPS,
+    structures: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
     channels: int = 1,
     normalization: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Read images and masks into (N, C, S, S) float32 images and (N, K, S, S) uint8 masks.
 
     Each item has `.image` and `.masks` (structure -> mask path), as returned by
-    `medfoundry.data.manifest.scan_segmentation_folder`. A mask must be binary (0 and one
-    foreground value, `check_binary_mask`) and is foreground where its value is > 0; a group's
-    masks are united, and every mask must have its image's height and width.
+    `medfoundry.data.manifest.scan_segmentation_folder`. `structures` as `structure_groups`
+    takes it, the first item's masks being the available ones (None: each of them its own
+    structure). A mask must be binary (0 and one foreground value, `check_binary_mask`) and is
+    foreground where its value is > 0; a group's masks are united, and every mask must have
+    its image's height and width.
     Images are normalised with `normalization` (X-ray default) and resized bilinearly (with
     antialiasing); masks are resized by area averaging + threshold 0.5.
     """
-    groups = structure_groups(structures)
+    groups = structure_groups(structures, items[0].masks if items else ())
     hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     spec = normalization or XRAY_NORMALIZATION
     n = len(items)
@@ -136,63 +152,3 @@ def load_segmentation_set(
             masks[i, k] = torch.from_numpy(_resize_mask(union, hw))
     warn_constant(constant)
     return images, masks
-
-
-def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
-    device = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand(n, generator=generator, device=device) * (high - low) + low
-
-
-def augment_batch(
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    generator: torch.Generator | None = None,
-    max_shift: float = 0.1,
-    max_scale: float = 0.1,
-    max_rotate_deg: float = 10.0,
-    intensity: float = 0.2,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random affine (shift, scale, rotation) + brightness/contrast jitter of a batch.
-
-    images (B, C, H, W) float, masks (B, K, H, W) any dtype (0/1). Per sample: shift up to
-    `max_shift` of the image size along each axis, zoom by 1 +- `max_scale`, rotation up to
-    +-`max_rotate_deg`, contrast x(1 +- `intensity`) about the image mean and brightness
-    +-`intensity` (in normalised units). One `grid_sample` for the whole batch; images use
-    bilinear interpolation with border padding, masks bilinear then > 0.5 with zero padding.
-    No flips: chest radiographs are lateralised. Returns new tensors of the input dtypes.
-    """
-    if images.ndim != 4 or masks.ndim != 4 or images.shape[0] != masks.shape[0]:
-        raise ValueError(f"expected (B,C,H,W) images/masks, got {images.shape}, {masks.shape}")
-    if images.shape[2:] != masks.shape[2:]:
-        raise ValueError(f"image size {images.shape[2:]} != mask size {masks.shape[2:]}")
-    b, _, h, w = images.shape
-    dev = images.device
-    angle = _uniform(b, -max_rotate_deg, max_rotate_deg, generator) * (math.pi / 180.0)
-    scale = _uniform(b, 1.0 - max_scale, 1.0 + max_scale, generator)
-    tx = _uniform(b, -max_shift, max_shift, generator) * 2.0  # normalised coords span 2
-    ty = _uniform(b, -max_shift, max_shift, generator) * 2.0
-    contrast = _uniform(b, 1.0 - intensity, 1.0 + intensity, generator)
-    bright = _uniform(b, -intensity, intensity, generator)
-    angle, scale, tx, ty, contrast, bright = (
-        t.to(dev) for t in (angle, scale, tx, ty, contrast, bright)
-    )
-    # theta maps output to input coordinates (normalised); rotation done in pixel units so
-    # non-square images are not sheared. Zoom factor s enlarges the content (input coords / s).
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [
-            torch.stack([cos, -sin * h / w, tx], dim=-1),
-            torch.stack([sin * w / h, cos, ty], dim=-1),
-        ],
-        dim=1,
-    ).to(torch.float32)
-    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
-    img = F.grid_sample(
-        images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
-    msk = F.grid_sample(
-        masks.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )
-    mean = img.mean(dim=(1, 2, 3), keepdim=True)
-    img = (img - mean) * contrast.view(b, 1, 1, 1) + mean + bright.view(b, 1, 1, 1)
-    return img.to(images.dtype), (msk > 0.5).to(masks.dtype)

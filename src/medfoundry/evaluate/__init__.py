@@ -1,1 +1,1 @@
-"""Benchmarks and reports: metrics, Markdown/PNG reports, the JSRT few-shot protocol."""
+"""Benchmarks and reports: Markdown/PNG reports, the JSRT few-shot protocol."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from medfoundry.evaluate.metrics import dice_score
+from medfoundry.metrics.segmentation import dice_score
 
 MEAN_MASK = "mean mask"  # the row name of the mean-mask reference in benchmark summaries
 

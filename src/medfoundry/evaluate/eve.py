@@ -13,7 +13,7 @@ only (the training folder gives reference images and the kNN memory, never a cho
   common direction that makes any two crops similar) and for a control that pairs a whole
   with another image's parts.
 
-Rules and their reasons: docs/eve.md. Results are resumable per arm (`results.partial.json`).
+Rules and their reasons: docs/eve.md. The benchmark command (resumable per arm): `medfoundry.benchmarks.eve`.
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ from medfoundry.embed.encoder import EveModel, embed_boxes, load_eve_model, load
 from medfoundry.embed.maps import plot_embedding_map
 from medfoundry.errors import MedfoundryError
 from medfoundry.evaluate.arms import checkpoint_arm_name, is_scratch_entry, slug
-from medfoundry.evaluate.jsrt_landmarks import ImageLandmarks, read_jsrt_landmarks
-from medfoundry.evaluate.resume import load_state, write_final, write_partial
+from medfoundry.evaluate.jsrt_landmarks import ImageLandmarks
 from medfoundry.methods.signals import mean_length, spread
-from medfoundry.runtime import atomic_save, atomic_write_text, record_run
+from medfoundry.runtime import atomic_save
 from medfoundry.zoo import resolve_checkpoint
 
 RESUME_FREE = ("batch_size",)  # keys that do not change any number
@@ -360,45 +359,3 @@ def plot_results(results: dict[str, Any], out: Path) -> None:
     fig.tight_layout()
     atomic_save(out, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
-
-
-def run_eve_benchmark(
-    train_data: Path,
-    test_data: Path,
-    pretrained: Sequence[str | Path | None],
-    out_dir: Path,
-    cfg: dict[str, Any],
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run (or resume) the Eve benchmark; writes results.json, results.md, results.png."""
-    out_dir = Path(out_dir)
-    arms = resolve_eve_arms(pretrained)
-    train = read_jsrt_landmarks(train_data)
-    test = read_jsrt_landmarks(test_data)
-    names = list(train[0].points)
-    seed = int(cfg["seed"])
-    memory = _subset(train, cfg.get("memory_images"), seed)
-    refs = _subset(memory, int(cfg["references"]), seed + 1)
-    tests = _subset(test, cfg.get("max_test_images"), seed + 2)
-    protocol = {
-        **cfg,
-        "train_data": str(train_data),
-        "test_data": str(test_data),
-        "references": [r.id for r in refs],
-        "memory": [r.id for r in memory],
-        "tests": [r.id for r in tests],
-        "landmarks": names,
-    }
-    state = load_state(out_dir, protocol, RESUME_FREE)
-    state["config"] = protocol
-    results: dict[str, Any] = state.setdefault("arms", {})
-    record_run(out_dir, {**protocol, "pretrained": [str(p) for p in pretrained]}, "run_config.json")
-    for arm in arms:
-        if arm["name"] in results:
-            continue
-        results[arm["name"]] = evaluate_arm(arm, refs, memory, tests, names, cfg, out_dir, progress)
-        write_partial(out_dir, state)
-    atomic_write_text(out_dir / "results.md", report_table(results, cfg))
-    plot_results(results, out_dir / "results.png")
-    write_final(out_dir, state)
-    return state

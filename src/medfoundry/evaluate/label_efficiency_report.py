@@ -15,7 +15,7 @@ from typing import Any
 
 from medfoundry.evaluate.arms import arm_table_row
 from medfoundry.evaluate.report import format_mean_sd, save_figure
-from medfoundry.evaluate.summary import describe
+from medfoundry.metrics.summary import describe
 
 MODE_TITLES = {"finetune": "fine-tune", "linear_probe": "linear probe"}
 

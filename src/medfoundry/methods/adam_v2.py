@@ -1,37 +1,12 @@
 """Adam-v2 (CVPR 2024): localizability, composability and decomposability on a DINO student/teacher.
 
-A student (backbone + ``LocalizabilityHead`` + compose/decompose heads) and an EMA teacher
-(backbone + head; momentum 0.996 -> 1 on a cosine over the stage, ``set_progress``) with DINO's
-centring (momentum 0.9) and temperatures (student 0.1, teacher 0.04). Two modes (``set_mode``),
-trained as two stages (``adam_v2_stages``), each over granularities g (``set_level``):
+``AdamV2`` is the module (student, EMA teacher, compose/decompose heads; ``set_mode`` ``"L"`` or
+``"LCD"``, ``set_level``, ``forward``, ``export_backbone``: the teacher backbone);
+``adam_v2_stages`` its stage plan; ``dino_cross_entropy``, ``compose_loss``, ``decompose_loss``
+the losses; ``SPEC`` registers the method.
 
-* ``L``: DINO multi-crop of a random square of side ``min(H, W) / 2^g``
-  (``pretext.adam_v2.multicrop_views``); the teacher sees the 2 globals, the student all views;
-  the loss is the mean DINO cross-entropy over (teacher view, other student view) pairs.
-* ``LCD``: concentric views of a whole W (``concentric_views``). Localizability: teacher(x0) is
-  the target of student(x1, locals). Composability: the student's pooled features of the 4 parts,
-  concatenated (4D), through ``compose`` (4D -> D -> D), L2-normalised, regressed (MSE) onto the
-  teacher's normalised pooled feature of x0. Decomposability: the student's pooled x0 feature
-  through ``decompose`` (D -> D -> 4D), each of the 4 chunks L2-normalised (``decompose_norm``,
-  see docs/adam_v2.md), regressed onto the teacher's normalised pooled part features. Targets are
-  stop-grad; ``loss = w_l L + w_c C + w_d D`` (1, 1, 1: the reference's weights and its mean-reduced
-  MSE, under which C and D are about 1/D of the DINO term; docs/adam_v2.md).
-
-``forward(images, update=False)`` (validation) changes nothing: no EMA step, no centre update, no
-BatchNorm statistics (``methods.stateless``), and its views come from ``val_seed`` at
-granularity ``val_level`` (0), so validation scores of epochs trained at different granularities
-compare. ``export_backbone`` returns the TEACHER backbone (the reference fine-tunes from it).
-The last layer of the head gets no update during the first ``freeze_last_layer_epochs`` epochs of
-a stage (``before_optimizer_step``, called by ``PretrainModule``).
-
-Signals (``methods.signals``): ``retrieval``, within-batch top-1 of the student's pooled feature
-of a local view (stage L: the last local crop; LCD: the largest concentric one) among the
-teacher's pooled features of the first global view / x0 of the batch; ``spread`` and
-``mean_length`` of the student's bottleneck embeddings (the analogue of MoCo's projected
-queries: the backbone's post-ReLU features share a positive mean direction even when healthy);
-``teacher_entropy`` (mean entropy of the teacher's target distributions, over log K: 1 =
-uniform collapse) and ``teacher_batch_entropy`` (entropy of their batch mean: 0 = one prototype
-for every image).
+Rules (the two modes and their losses, validation, the frozen last layer, the signals, the
+arguments): docs/adam_v2.md, "The module"; recipe and deviations: the rest of docs/adam_v2.md.
 """
 
 from __future__ import annotations
@@ -52,6 +27,7 @@ from medfoundry.methods.distributed import (
     world_size,
 )
 from medfoundry.methods.signals import mean_length, retrieval_top1, spread
+from medfoundry.methods.spec import RETRIEVAL_PANEL, MethodSpec, Panel
 from medfoundry.methods.stages import Stage
 from medfoundry.methods.stateless import call_keeping_buffers
 from medfoundry.nets.dino_head import LocalizabilityHead
@@ -148,33 +124,18 @@ def target_entropies(probs: Tensor) -> tuple[Tensor, Tensor]:
 class AdamV2(nn.Module):
     """Adam-v2 student/teacher; ``forward(images) -> {"loss", "loss_l", ..., signals}``.
 
-    Args:
+    Args (each one explained, with its reason: docs/adam_v2.md, "The module"):
         backbone: the student backbone, ``backbone(x) -> (N, D)`` with ``out_dim == D``.
         out_size: side of the global views, x0, x1 (and the parts unless ``augment.part_size``).
-        level: granularity g (``set_level``); mode: ``"L"`` or ``"LCD"`` (``set_mode``).
+        level, mode: granularity g (``set_level``); ``"L"`` or ``"LCD"`` (``set_mode``).
         augment: view parameters (``AdamV2Augment`` or a dict of its fields).
-        head_dim, head_hidden, head_bottleneck: the localizability head (65536, 2048, 256).
-        head_bn: BatchNorm in the head's hidden layers (DINO's ``use_bn_in_head``; the
-            reference: none; docs/adam_v2.md).
-        bottleneck_bn: BatchNorm (no affine) on the bottleneck before its L2-norm (not in the
-            reference; docs/adam_v2.md).
-        head_norm_last_layer: keep the prototypes' weight-norm gain at 1 (logits are cosines;
-            the reference and DINO's default); False lets the gain, and so the logit scale, learn.
-        momentum, momentum_end: teacher EMA, cosine from the first to the second over the stage.
-        center_momentum: momentum of the teacher-logit centre.
-        student_temp, teacher_temp: DINO temperatures.
-        centering: how the teacher's logits become targets: ``"ema"`` (DINO's and the
-            reference's running centre, momentum ``center_momentum``) or ``"sinkhorn"``
-            (Sinkhorn-Knopp over the batch, DINOv2's; ``sinkhorn_iterations`` rounds).
-        loss_weights: weights of (L, C, D).
-        decompose_norm: ``"chunk"`` (default) or ``"whole"`` (the reference), see
-            ``decompose_loss``.
-        freeze_last_layer_epochs: epochs at the start of each stage with the last layer frozen.
-        val_seed, val_level: seed and granularity of the validation views.
-        squares_per_image: squares (stage L) or wholes (LCD) drawn per image at g >= 1 in
-            training, each its own instance of the batch (the reference: 1); with 2 or more,
-            Sinkhorn's equal share and the cross-entropy must tell two parts of one image apart,
-            not only images (docs/adam_v2.md, "one image code").
+        head_dim, head_hidden, head_bottleneck, head_bn, bottleneck_bn, head_norm_last_layer:
+            the localizability head (65536, 2048, 256; no BatchNorm; gain frozen at 1).
+        momentum, momentum_end, center_momentum, student_temp, teacher_temp: DINO's EMA,
+            centre and temperatures; centering, sinkhorn_iterations: ``"ema"`` or
+            ``"sinkhorn"`` targets.
+        loss_weights: weights of (L, C, D); decompose_norm: ``"chunk"`` or ``"whole"``.
+        freeze_last_layer_epochs, val_seed, val_level, squares_per_image: see the page.
     """
 
     def __init__(
@@ -447,9 +408,9 @@ class AdamV2(nn.Module):
     def _signals(
         self, z: Tensor, probe: Tensor, target: Tensor, targets: Tensor
     ) -> dict[str, Tensor]:
-        """Collapse signals (module docstring): z (B, bottleneck) student embeddings; probe and
-        target (B, D) student/teacher pooled features of two views of each image; targets the
-        teacher's target distributions (N, K)."""
+        """Collapse signals (docs/adam_v2.md, "The module"): z (B, bottleneck) student
+        embeddings; probe and target (B, D) student/teacher pooled features of two views of each
+        image; targets the teacher's target distributions (N, K)."""
         each, batch = target_entropies(targets)
         return {
             "retrieval": retrieval_top1(probe, target),
@@ -492,3 +453,32 @@ def adam_v2_stages(cfg: dict[str, Any]) -> list[Stage]:
     if not stages:
         raise ValueError("adam_v2: no epochs to train")
     return stages
+
+
+def build_adam_v2(backbone: nn.Module, **kwargs: Any) -> AdamV2:
+    """Adam-v2: DINO student/teacher with localizability, composability, decomposability."""
+    return AdamV2(backbone, **kwargs)
+
+
+SPEC = MethodSpec(
+    name="adam_v2",
+    order=20,
+    factory=build_adam_v2,
+    stages="plan",
+    stage_plan=adam_v2_stages,
+    takes_views=True,
+    logs_retrieval=True,
+    loss_title="loss L + C + D, about L (dots: validation)",
+    curve_panels=(
+        Panel(
+            "composability (solid), decomposability (dashed): MSE",
+            (("train/loss_c_step", "-"), ("train/loss_d_step", "--")),
+        ),
+        RETRIEVAL_PANEL,
+        Panel(
+            "teacher entropy / log K: per image (solid), batch mean (dashed)",
+            (("train/teacher_entropy_step", "-"), ("train/teacher_batch_entropy_step", "--")),
+            (-0.02, 1.02),
+        ),
+    ),
+)

@@ -1,11 +1,15 @@
-"""Contrastive losses of MoCo-v2 and Adam as pure functions of (queries, keys, queue).
+"""Contrastive losses of MoCo-v2 and Adam as pure functions of (queries, keys, queue), and the
+deep-supervision weighting of a network's several outputs (PCT-Net, MIS-FM / PyMIC).
 
-All inputs are L2-normalised embeddings: ``q`` and ``k`` are (B, D), ``queue`` is (K, D). The
-similarities are computed in the inputs' dtype (so bf16 autocast keeps the big ``B x K`` matmul
-fast) and the softmax in float32 (a log-sum-exp over 65536 logits is not safe in bf16).
+All contrastive inputs are L2-normalised embeddings: ``q`` and ``k`` are (B, D), ``queue`` is
+(K, D). The similarities are computed in the inputs' dtype (so bf16 autocast keeps the big
+``B x K`` matmul fast) and the softmax in float32 (a log-sum-exp over 65536 logits is not safe
+in bf16).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,3 +78,23 @@ def _pruned_nce(
     lse = torch.logaddexp(pos_logits, torch.logsumexp(neg_logits, dim=1))  # over [pos, kept]
     loss = (lse - pos_logits).mean()
     return loss, torch.count_nonzero(pruned) / pruned.numel()
+
+
+def deep_supervision_weights(n: int) -> list[float]:
+    """Weights 1 / 2^i of ``n`` outputs, normalised to sum to 1 (PyMIC's ``deep_sup``)."""
+    raw = [0.5**i for i in range(n)]
+    return [w / sum(raw) for w in raw]
+
+
+def deep_supervision_loss(
+    outputs: Tensor | Sequence[Tensor], target: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
+) -> Tensor:
+    """``sum_i w_i * loss_fn(outputs[i], target)``; a single tensor is just ``loss_fn``.
+
+    The outputs must already have the target's spatial size (``PCTNet`` upsamples them).
+    """
+    if isinstance(outputs, Tensor):
+        return loss_fn(outputs, target)
+    weights = deep_supervision_weights(len(outputs))
+    losses = [w * loss_fn(out, target) for w, out in zip(weights, outputs, strict=True)]
+    return torch.stack(losses).sum()

@@ -19,12 +19,14 @@ Differences from the reference (``lzl199704/VIS-MAE`` = ``Zian-Xu/Swin-MAE``), o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from medfoundry.methods.signals import embedding_signals
+from medfoundry.methods.spec import MethodSpec, Panel
 from medfoundry.nets.decay import no_weight_decay
 from medfoundry.nets.swin import SwinBackbone
 from medfoundry.nets.swin_decoder import SwinDecoder, image_to_tokens, tokens_to_image
@@ -221,3 +223,32 @@ class MaskedAutoencoder(nn.Module):
     def export_decoder(self) -> dict[str, Tensor]:
         """The pixel decoder's weights (to initialise a Swin-UNet decoder), detached copies."""
         return {k: v.detach().clone() for k, v in self.decoder.state_dict().items()}
+
+
+def build_mae(backbone: nn.Module, **kwargs: Any) -> MaskedAutoencoder:
+    """VIS-MAE: a Swin encoder, 16-px mask units at 75 % (learned mask token), Swin decoder."""
+    if not hasattr(backbone, "embed_dim"):
+        name = getattr(backbone, "config", {}).get("name", type(backbone).__name__)
+        raise ValueError(f"mae needs a Swin backbone (e.g. name: swin), got {name!r}")
+    return MaskedAutoencoder(backbone, **kwargs)
+
+
+def _input_size(cfg: Mapping[str, Any]) -> int:
+    """The whole loaded image (``data.load_size``): MAE masks it, no views."""
+    return int(cfg["data"]["load_size"])
+
+
+def _checkpoint_extra(cfg: Mapping[str, Any], backbone_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The patch size (what the decoder's pixels per token follow) and the ``mae`` section."""
+    return {"patch_size": int(backbone_cfg.get("patch_size", 4)), "mae": dict(cfg.get("mae", {}))}
+
+
+SPEC = MethodSpec(
+    name="mae",
+    order=40,
+    factory=build_mae,
+    input_size=_input_size,
+    checkpoint_extra=_checkpoint_extra,
+    loss_title="MSE on masked pixels (dots: validation)",
+    curve_panels=(Panel("MSE on visible pixels", (("train/visible_mse_step", "-"),)),),
+)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 from medfoundry.methods.distributed import concat_all_gather
 from medfoundry.methods.losses import info_nce, purposive_pruner_loss
 from medfoundry.methods.signals import age_cosines, mean_length, retrieval_top1, spread
+from medfoundry.methods.spec import RETRIEVAL_PANEL, MethodSpec, Panel
 from medfoundry.methods.stateless import call_keeping_buffers
 from medfoundry.nets.heads import mlp_projector
 from medfoundry.nets.split_bn import split_batchnorm
@@ -257,3 +259,40 @@ def _encode(backbone: nn.Module, projector: nn.Module, views: Tensor, keep_state
     if keep_state and backbone.training:
         return call_keeping_buffers(nn.Sequential(backbone, projector), views)
     return projector(backbone(views))
+
+
+def build_moco(backbone: nn.Module, **kwargs: Any) -> MoCo:
+    """MoCo-v2, Adam's main baseline: whole-image views (level 0), plain InfoNCE."""
+    if kwargs.pop("prune_threshold", None) is not None:
+        raise ValueError("moco does not prune negatives: prune_threshold must be None")
+    if kwargs.pop("level", 0) != 0:
+        raise ValueError("moco uses whole-image views: level must be 0")
+    return MoCo(backbone, prune_threshold=None, level=0, **kwargs)
+
+
+# The curves of MoCo and Adam (after the loss panel).
+CONTRASTIVE_PANELS = (
+    Panel(
+        "cosine: positive (solid) vs negatives (dashed)",
+        (("train/pos_sim_step", "-"), ("train/neg_sim_step", "--")),
+        (-1.05, 1.05),
+    ),
+    Panel(
+        "negatives by age: newest (solid) vs oldest (dashed) 1/8 of the queue",
+        (("train/neg_new_step", "-"), ("train/neg_old_step", "--")),
+        (-1.05, 1.05),
+    ),
+    RETRIEVAL_PANEL,
+    Panel("pruned fraction of negatives", (("train/pruned_fraction_step", "-"),), (-0.02, 1.02)),
+)
+
+SPEC = MethodSpec(
+    name="moco",
+    order=30,
+    factory=build_moco,
+    section="moco",
+    takes_views=True,
+    forced_options=(("prune_threshold", None),),
+    logs_retrieval=True,
+    curve_panels=CONTRASTIVE_PANELS,
+)

@@ -32,12 +32,15 @@ random crops against student bases as well), the TPAMI inter-volume term and its
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medfoundry.methods.signals import embedding_signals
+from medfoundry.methods.spec import MethodSpec, Panel, require_3d, section_extra, size_3d
 from medfoundry.methods.stateless import call_keeping_buffers
 from medfoundry.nets.heads import bn_projector
 from medfoundry.pretext.voco import VoCoAugment, voco_views
@@ -273,3 +276,45 @@ def crop_retrieval(randoms: Tensor, bases: Tensor, targets: Tensor) -> Tensor:
     own = torch.arange(b, device=randoms.device).repeat_interleave(r) * k  # first own base
     best = own + targets.flatten(0, 1).argmax(dim=1)  # the own base of largest overlap
     return (sims.argmax(dim=1) == best).float().mean()
+
+
+def build_voco(backbone: nn.Module, **kwargs: Any) -> VoCo:
+    """VoCo: base/random crop overlap prediction on a 3D backbone (EMA teacher by default)."""
+    require_3d("voco", backbone)
+    return VoCo(backbone, **kwargs)
+
+
+def _input_size(cfg: Mapping[str, Any]) -> list[int]:
+    """One base crop: [d, h/n, w/n] of the ``data.crop_size`` grid (``voco.num_base`` n,
+    ``voco.crop_depth`` d), or ``voco.crop_size``."""
+    d, h, w = size_3d(cfg["data"]["crop_size"])
+    voco = cfg.get("voco", {})
+    if voco.get("crop_size"):
+        return size_3d(voco["crop_size"])
+    n = int(voco.get("num_base", 3))
+    return [int(voco.get("crop_depth") or d), h // n, w // n]
+
+
+SPEC = MethodSpec(
+    name="voco",
+    order=60,
+    factory=build_voco,
+    data="store3d",
+    input_size=_input_size,
+    checkpoint_extra=section_extra("voco"),
+    curve_panels=(
+        Panel(
+            "terms: positive (solid), negative (dashed), base reg. (dotted)",
+            (
+                ("train/pos_loss_step", "-"),
+                ("train/neg_loss_step", "--"),
+                ("train/reg_loss_step", ":"),
+            ),
+        ),
+        Panel(
+            "|overlap - prediction| (solid), mean prediction (dashed)",
+            (("train/pred_error_step", "-"), ("train/pred_mean_step", "--")),
+            (0.0, 1.0),
+        ),
+    ),
+)

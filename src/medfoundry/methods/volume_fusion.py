@@ -27,13 +27,19 @@ Differences from the references, on purpose:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import Tensor, nn
 
+from medfoundry.methods.losses import deep_supervision_weights
+from medfoundry.methods.spec import MethodSpec, Panel, crop_input_size, require_3d, section_extra
 from medfoundry.methods.stateless import call_keeping_buffers
-from medfoundry.nets.pctnet import deep_supervision_weights
+from medfoundry.nets.pctnet import PCTNet, PCTNetEncoder
+from medfoundry.nets.unet import ResNetUNet
 from medfoundry.pretext.volume_fusion import FusionConfig, random_derangement, volume_fusion
 
 
@@ -157,3 +163,57 @@ class VolumeFusion(nn.Module):
         deep-supervision heads), detached copies; they load into the ``decoder`` of a
         ``ResNetUNet`` of the same channels or of a ``PCTNet`` on the same encoder config."""
         return {k: v.detach().clone() for k, v in self.segmenter.decoder.state_dict().items()}
+
+
+# Volume Fusion's ResNet-UNet decoder channels when the config gives none.
+RESNET_UNET_DECODER: tuple[int, ...] = (256, 128, 64, 32, 16)
+
+
+def build_volume_fusion(
+    backbone: nn.Module,
+    num_classes: int = 5,
+    decoder_channels: Sequence[int] | None = None,
+    deep_supervision: bool | None = None,
+    **kwargs: Any,
+) -> VolumeFusion:
+    """MIS-FM Volume Fusion: a 3D segmenter predicts the K + 1 blend-weight classes.
+
+    A ``PCTNetEncoder`` gets the PCT-Net decoder with deep supervision (MIS-FM's setting;
+    ``deep_supervision: false`` turns it off); any other 3D backbone with feature maps gets a
+    ``ResNetUNet`` with ``decoder_channels`` (default ``RESNET_UNET_DECODER``).
+    """
+    require_3d("volume_fusion", backbone)
+    if isinstance(backbone, PCTNetEncoder):
+        if decoder_channels is not None:
+            raise ValueError(
+                "volume_fusion with PCT-Net: its decoder mirrors the encoder's channels, so "
+                "decoder_channels must be null (see the volume_fusion_pctnet preset)"
+            )
+        ds = True if deep_supervision is None else bool(deep_supervision)
+        segmenter: nn.Module = PCTNet(backbone, num_classes, deep_supervision=ds)
+        return VolumeFusion(segmenter, num_classes=num_classes, **kwargs)
+    if not hasattr(backbone, "feature_channels"):
+        raise ValueError("volume_fusion needs a ResNet backbone (its U-Net uses the feature maps)")
+    if deep_supervision:
+        raise ValueError("volume_fusion: deep_supervision needs a PCT-Net backbone (name: pctnet)")
+    channels = RESNET_UNET_DECODER if decoder_channels is None else decoder_channels
+    segmenter = ResNetUNet(backbone, num_classes, decoder_channels=channels)
+    return VolumeFusion(segmenter, num_classes=num_classes, **kwargs)
+
+
+SPEC = MethodSpec(
+    name="volume_fusion",
+    order=50,
+    factory=build_volume_fusion,
+    data="store3d",
+    input_size=crop_input_size,
+    checkpoint_extra=section_extra("volume_fusion"),
+    min_batch=2,  # each crop is fused with another crop of its batch
+    curve_panels=(
+        Panel(
+            "Dice loss (solid) and cross-entropy (dashed)",
+            (("train/dice_step", "-"), ("train/ce_step", "--")),
+        ),
+        Panel("voxel accuracy of the fusion class", (("train/accuracy_step", "-"),), (0.0, 1.0)),
+    ),
+)

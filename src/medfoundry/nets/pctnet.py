@@ -2,48 +2,24 @@
 
 ``PCTNetEncoder`` is a backbone like ``ResNetBackbone`` (``forward -> (B, out_dim)``, ``features
 -> 5 maps``, ``config``); ``PCTNetDecoder`` mirrors it, and ``PCTNet`` adds the class head (and
-the deep-supervision heads Volume Fusion trains with).
+the deep-supervision heads Volume Fusion trains with). ``size_multiple(mode)`` /
+``check_input_size`` give the input-size rule, ``scaled_channels`` the channels at a ``width``.
 
-Layout (channels at ``width`` 1; ``resolution_mode`` picks the embedding strides per axis):
-
-* embedding: projection conv -> ``ConvBlock`` (x0, 24 ch, full size) -> max-pool + conv ->
-  ``ConvBlock`` (x1, 48 ch) -> max-pool + conv (x2, 128 ch, stride (4,4,4) / (2,4,4) / (1,4,4)
-  in mode 0 / 1 / 2, "R"). In modes 1 and 2 the anisotropic levels (x0; x1 too in mode 2) pool
-  only in-plane and use 1x3x3 kernels, so R is about isotropic for 2:1 / 4:1 voxel spacing;
-* pyramid: e2 = PCT(x2) (128 ch, R), e3 (256, R/2), e4 (512, R/4), each level entered by
-  max-pool 2 + conv 3; a PCT block is ``ConvBlock(x) + SwinLayer(x)``;
-* decoder: d3 = PCT(up(e3, e4)), d2 = PCT(up(e2, d3)), up(x1, d2) -> ``ConvBlock`` 48,
-  up(x0, .) -> ``ConvBlock`` 24; ``PCTNet``'s head is BN -> PReLU -> 1x1 conv.
-
-Swin layers: MONAI's ``SwinTransformerBlock`` (W-MSA then SW-MSA, shift window // 2, MLP 4,
-stochastic depth rising linearly to ``drop_path`` over the encoder's 6 blocks; each decoder
-block takes the rates of the encoder level it mirrors). MONAI's ``BasicLayer`` is not used:
-it merges inside the stage, and MONAI's block shrinks a window to a map smaller
-than it (then indexes the relative-position table as if the window were full) and lets zero
-padding take part in attention. ``SwinBlock3d`` always attends over full windows, pads every
-axis to a multiple of the window and masks the padded keys, as ``swin_blocks.SwinBlock`` does
-in 2D, so any map size works (R/4 is often smaller than the window) with correct biases.
-
-Input sizes: each axis must be divisible by the product of its strides (``size_multiple``):
-mode 0 (16, 16, 16), mode 1 (8, 16, 16), mode 2 (4, 16, 16); e.g. 64x128x128 in mode 1 gives
-R = 32^3. Other sizes raise ``ValueError``.
-
-``width`` scales every channel count (``round(c * width)``, at least 1); the three Swin levels
-are then rounded up to a multiple of their head count (width 0.25: 6, 12, 32, 64, 128).
+Rules (layout, Swin layers, input sizes, width rounding): docs/rules/pctnet.md.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets.swin_unetr import SwinTransformerBlock, window_partition, window_reverse
 from torch import Tensor, nn
 
-from medfoundry.nets.swin_blocks import drop_path_rates, effective_shift, init_swin_weights
+from medfoundry.nets.swin_blocks import drop_path_rates
+from medfoundry.nets.swin_blocks3d import SwinLayer3d
 
 PCTNET_BACKBONES: tuple[str, ...] = ("pctnet",)
 Triple = tuple[int, int, int]
@@ -53,7 +29,6 @@ MODE_STRIDES: dict[int, tuple[Triple, Triple]] = {
     1: ((1, 2, 2), (2, 2, 2)),
     2: ((1, 2, 2), (1, 2, 2)),
 }
-_MASKED = -100.0  # additive attention bias between tokens that must not see each other (Swin)
 
 
 # --- geometry ---------------------------------------------------------------------------------
@@ -164,104 +139,7 @@ class Up(nn.Module):
         return self.fuse(torch.cat([self.up(x), skip], dim=1))
 
 
-# --- Swin parts -------------------------------------------------------------------------------
-def window_mask_3d(
-    dhw: Sequence[int], window: Sequence[int], shift: Sequence[int], device: torch.device
-) -> Tensor | None:
-    """Additive mask (nW, n, n) for windows of a (D, H, W) map padded to whole windows.
-
-    Two tokens may attend to each other only if they lie in the same region of the cyclic
-    shift (as in Swin) and are both real or both padding. None when nothing needs masking.
-    """
-    padded = [s + (-s) % w for s, w in zip(dhw, window, strict=True)]
-    if not any(shift) and list(padded) == list(dhw):
-        return None
-    label = torch.zeros(padded, dtype=torch.long, device=device)  # (Dp, Hp, Wp)
-    is_pad = torch.zeros(padded, dtype=torch.bool, device=device)
-    for axis, (size, p, win, s) in enumerate(zip(dhw, padded, window, shift, strict=True)):
-        i = torch.arange(p, device=device)  # position in the rolled, padded map
-        region = (i >= p - win).long() + (i >= p - s).long() if s else torch.zeros_like(i)
-        view = [1, 1, 1]
-        view[axis] = p
-        label = label * 3 + region.view(view)
-        is_pad = is_pad | ((i + s) % p >= size).view(view)  # position before the roll
-    label = label + 27 * is_pad.long()
-    windows = window_partition(label[None, ..., None], tuple(window)).squeeze(-1)  # (nW, n)
-    differ = windows[:, None, :] != windows[:, :, None]  # (nW, n, n)
-    return differ.float() * _MASKED
-
-
-class SwinBlock3d(SwinTransformerBlock):
-    """MONAI's Swin block over full 3D windows, with padding and masked padded keys;
-    (B, D, H, W, C) -> same."""
-
-    def forward_part1(self, x: Tensor, mask_matrix: Tensor | None) -> Tensor:
-        b, d, h, w, _ = x.shape
-        ws = tuple(self.window_size)
-        shift = effective_shift((d, h, w), ws, self.shift_size)
-        x = self.norm1(x)
-        pad = [(-s) % win for s, win in zip((d, h, w), ws, strict=True)]
-        if any(pad):
-            x = F.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
-        dims = [b, d + pad[0], h + pad[1], w + pad[2]]
-        if any(shift):
-            x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-        windows = window_partition(x, ws)  # (B * nW, n, C)
-        out = self.attn(windows, mask=mask_matrix)  # (B * nW, n, C)
-        x = window_reverse(out, ws, dims)  # (B, Dp, Hp, Wp, C)
-        if any(shift):
-            x = torch.roll(x, shifts=shift, dims=(1, 2, 3))
-        if any(pad):
-            x = x[:, :d, :h, :w].contiguous()
-        return x
-
-
-class SwinLayer3d(nn.Module):
-    """``depth`` Swin blocks, alternating regular and shifted windows: (B, C, D, H, W) -> same."""
-
-    def __init__(
-        self,
-        dim: int,
-        depth: int,
-        num_heads: int,
-        window_size: int,
-        drop_path: Sequence[float] = (),
-        mlp_ratio: float = 4.0,
-    ) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        rates = list(drop_path) or [0.0] * depth
-        if len(rates) != depth:
-            raise ValueError(f"{len(rates)} drop-path rates for {depth} blocks")
-        win, half = (window_size,) * 3, (window_size // 2,) * 3
-        self.blocks = nn.ModuleList(
-            SwinBlock3d(
-                dim=dim,
-                num_heads=num_heads,
-                window_size=win,
-                shift_size=(0, 0, 0) if i % 2 == 0 else half,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=True,
-                drop_path=rates[i],
-                use_flash_attention=True,  # MONAI: SDPA when autograd is off
-            )
-            for i in range(depth)
-        )
-        self.apply(init_swin_weights)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.permute(0, 2, 3, 4, 1)  # (B, D, H, W, C)
-        dhw = tuple(x.shape[1:4])
-        masks: dict[tuple, Tensor | None] = {}
-        for block in self.blocks:
-            shift = effective_shift(dhw, block.window_size, block.shift_size)
-            if shift not in masks:
-                masks[shift] = window_mask_3d(dhw, block.window_size, shift, x.device)
-            x = block(x, masks[shift])
-        return x.permute(0, 4, 1, 2, 3).contiguous()  # (B, C, D, H, W)
-
-
+# --- PCT block --------------------------------------------------------------------------------
 class PCTBlock(nn.Module):
     """Parallel convolution + transformer: ``ConvBlock(x) + SwinLayer(x)``, same shape."""
 
@@ -300,7 +178,7 @@ class PCTNetEncoder(nn.Module):
         window_size: Swin window side (shift ``window_size // 2``).
         resolution_mode: 0 / 1 / 2 for total embedding strides (4,4,4) / (2,4,4) / (1,4,4).
         drop_path: stochastic-depth rate of the last Swin block.
-        width: channel multiplier (see the module docstring for the rounding).
+        width: channel multiplier (rounding: docs/rules/pctnet.md).
         spatial_dims: must be 3 (accepted so ``create_backbone(**config)`` round-trips).
         down_preact: BN -> PReLU before each downsampling conv, as MIS-FM's released PCT-Net
             (``medfoundry import --format misfm``); off by default (our pretraining runs).
@@ -473,7 +351,8 @@ class PCTNet(nn.Module):
     """Segmentation network: ``forward(x)`` -> logits (B, num_classes, *x.shape[2:]).
 
     With ``deep_supervision`` and in training mode it returns [main, aux_y1, aux_d2, aux_d3],
-    each upsampled (trilinear) to the input size; weigh them with ``deep_supervision_loss``.
+    each upsampled (trilinear) to the input size; weigh them with
+    ``methods.losses.deep_supervision_loss``.
     """
 
     def __init__(
@@ -511,26 +390,6 @@ class PCTNet(nn.Module):
         return [main, *aux]
 
 
-def deep_supervision_weights(n: int) -> list[float]:
-    """Weights 1 / 2^i of ``n`` outputs, normalised to sum to 1 (PyMIC's ``deep_sup``)."""
-    raw = [0.5**i for i in range(n)]
-    return [w / sum(raw) for w in raw]
-
-
-def deep_supervision_loss(
-    outputs: Tensor | Sequence[Tensor], target: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
-) -> Tensor:
-    """``sum_i w_i * loss_fn(outputs[i], target)``; a single tensor is just ``loss_fn``.
-
-    The outputs must already have the target's spatial size (``PCTNet`` upsamples them).
-    """
-    if isinstance(outputs, Tensor):
-        return loss_fn(outputs, target)
-    weights = deep_supervision_weights(len(outputs))
-    losses = [w * loss_fn(out, target) for w, out in zip(weights, outputs, strict=True)]
-    return torch.stack(losses).sum()
-
-
 __all__ = [
     "MODE_STRIDES",
     "PCTNET_BACKBONES",
@@ -538,8 +397,6 @@ __all__ = [
     "PCTNetDecoder",
     "PCTNetEncoder",
     "check_input_size",
-    "deep_supervision_loss",
-    "deep_supervision_weights",
     "level_strides",
     "size_multiple",
 ]

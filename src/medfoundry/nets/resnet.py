@@ -1,6 +1,6 @@
 """ResNet backbones built on MONAI's ResNet, exposing pooled vectors and a feature pyramid.
 
-`create_backbone("resnet50", in_channels=1)` gives the paper's ResNet-50; `width` shrinks the
+`nets.create_backbone("resnet50", in_channels=1)` gives the paper's ResNet-50; `width` shrinks the
 channel counts so CPU runs and tests stay feasible. Any input size works (global pooling).
 """
 
@@ -83,14 +83,3 @@ class ResNetBackbone(nn.Module):
         """Global-average-pooled embedding (B, D)."""
         feat = self.features(x)[-1]
         return feat.flatten(2).mean(-1)
-
-
-def create_backbone(name: str = "resnet18", in_channels: int = 1, **kwargs: Any) -> nn.Module:
-    """Build a backbone from its name and arguments (as stored in checkpoint metadata).
-
-    Kept here for existing imports; any registered name works (``nets.factory``: ResNets and
-    Swin encoders). The import is deferred because the factory itself imports this module.
-    """
-    from medfoundry.nets.factory import create_backbone as create
-
-    return create(name, in_channels=in_channels, **kwargs)

@@ -25,10 +25,10 @@ from medfoundry.nets.swin_blocks import (
     LayerNorm,
     PatchEmbed,
     SwinStage,
+    apply_mask_token,
     drop_path_rates,
     init_swin_weights,
 )
-from medfoundry.pretext.masking import apply_mask_token
 
 # name -> architecture preset (any key can be overridden by an argument)
 SWIN_BACKBONES: dict[str, dict[str, Any]] = {

@@ -10,6 +10,9 @@ stochastic depth) and ``PatchMerging`` are reused. Two things are replaced, on p
   take part in attention. ``SwinBlock`` always attends over full windows and masks padded keys,
   so the output does not depend on how much padding a size needs: any token grid works, the
   relative biases stay correct, and the weights are the same at every input size.
+
+``apply_mask_token`` puts the masked-image-modelling mask token in place of masked tokens (the
+masks themselves are ``pretext.masking``'s). The 3D blocks are in ``swin_blocks3d``.
 """
 
 from __future__ import annotations
@@ -164,6 +167,22 @@ class PatchExpanding(nn.Module):
         x = self.expand(x).view(b, h, w, 2, 2, -1)  # (B, h, w, 2, 2, D/2)
         x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, -1)
         return self.norm(x)
+
+
+def apply_mask_token(tokens: Tensor, mask: Tensor, mask_token: Tensor) -> Tensor:
+    """Replace masked tokens by ``mask_token``: ``x * (1 - w) + token * w``.
+
+    Args:
+        tokens: (B, Ht, Wt, C) channels-last tokens.
+        mask: (B, Ht, Wt), bool (True = masked) or float weights ``w`` in [0, 1].
+        mask_token: (C,) or broadcastable to (1, 1, 1, C); receives the gradient of the masked
+            positions.
+    """
+    token = mask_token.reshape(1, 1, 1, -1).to(tokens.dtype)
+    if mask.dtype == torch.bool:  # one pass, exact; same value and gradients as the blend
+        return torch.where(mask.unsqueeze(-1), token, tokens)
+    w = mask.unsqueeze(-1).to(tokens.dtype)
+    return tokens * (1.0 - w) + token * w
 
 
 def init_swin_weights(module: nn.Module) -> None:

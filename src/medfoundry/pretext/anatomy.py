@@ -1,39 +1,12 @@
 """Adam's anatomy decomposer: two augmented views of one grid cell per image, for a whole batch.
 
-At level ``n = 0`` the anchor is the whole image; at ``n > 0`` the image is cut into a fixed
-``n x n`` grid (cells of ``H // n x W // n`` pixels, as in the reference) and one cell per sample
-is drawn uniformly. Every view of a sample comes from that one anchor:
+``decompose_views(images, level, ...)`` cuts each image into an ``n x n`` grid (``n = level``;
+0: the whole image), draws one cell per sample and makes every view of it in one vectorised
+crop + rotation, jitter and blur; ``AnatomyAugment`` holds the view parameters (defaults: the
+Adam-v1 reference recipe).
 
-1. geometry, all views of the batch in ONE ``affine_grid`` + ``grid_sample`` call: a
-   RandomResizedCrop inside the anchor (area ``scale``, aspect ``ratio``) resized to
-   ``out_size x out_size``, followed by a rotation by ``U(-rotation, rotation)`` degrees about the
-   view centre (the reference applies ``RandomRotation(30)`` after the crop; composing both into
-   one affine map resamples the image once instead of twice);
-2. brightness/contrast jitter with probability ``jitter_p`` (same factors on every channel);
-3. Gaussian blur with probability ``blur_p`` (per-sample sigma, separable grouped convolution).
-
-There is no flip and no grayscale conversion: chest X-rays are lateralised and already gray.
-
-Out-of-anchor samples. A rotated crop reaches outside its crop box, and sometimes outside the
-anchor. The reference fills those corners with black (``fill=0`` in PIL space). Here the sample
-positions are by default *clamped to the anchor* (``padding="border"``): the corners replicate
-the anchor's edge, so no pixel of a neighbouring cell ever leaks into a view (the decomposer's
-contract) and no synthetic intensity is invented. ``grid_sample``'s own ``"zeros"`` padding was
-rejected because after intensity normalisation 0 is the dataset *mean* (mid-gray), neither the
-reference's black nor image content, and it would leak neighbouring cells inside the image. A
-float ``padding`` gives the reference behaviour with a constant: ``-2.0`` is black under
-``XRAY_NORMALIZATION`` (``(0 - 0.5) / 0.25``).
-
-Intensity space. Inputs are intensity-normalised (about zero mean, unit std; X-rays lie in
-``[-2, 2]``). Brightness multiplies about ``black_level`` (``x' = black + b (x - black)``), which
-is exactly torchvision's ``adjust_brightness`` in pixel space mapped into normalised space;
-contrast blends with the per-view mean (``x' = m + c (x - m)``), as ``adjust_contrast`` does.
-Results are clipped to ``clip`` (the normalised image of torchvision's ``[0, 1]`` clamp) unless
-``clip`` is None.
-
-Everything is vectorised over the batch: there is no Python loop over samples or views. Random
-numbers are drawn in a fixed order whatever the probabilities are, so two calls with the same
-seed and different ``jitter_p``/``blur_p`` differ only in the samples that were (not) augmented.
+Rules (anchors, geometry, out-of-anchor padding, intensity space, random-number order):
+docs/rules/anatomy.md.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ Tokens of a ``(Ht, Wt)`` grid are grouped into ``unit x unit`` mask units (VIS-M
 units are masked, the count the reference gets by keeping ``int(n_units * (1 - ratio))`` units
 (196 units at 75%: 49 kept, 147 masked). The reference draws the kept units with a per-sample
 argsort and builds the masked set with ``numpy.setdiff1d`` in a Python loop; here one ``topk``
-+ ``scatter`` serves the whole batch, and masked tokens are replaced by the shared
-mask token in one ``where`` (the encoder sees every token, SimMIM-style, nothing is dropped).
++ ``scatter`` serves the whole batch. The encoder replaces masked tokens by the shared mask
+token in one ``where`` (``nets.swin_blocks.apply_mask_token``; it sees every token,
+SimMIM-style, nothing is dropped).
 """
 
 from __future__ import annotations
@@ -77,19 +78,3 @@ def block_mask(
     noise = torch.rand(batch, uh * uw, generator=generator, device=noise_device)
     mask = block_mask_from_noise(noise, grid_hw, unit, ratio)
     return mask if device is None else mask.to(device)
-
-
-def apply_mask_token(tokens: Tensor, mask: Tensor, mask_token: Tensor) -> Tensor:
-    """Replace masked tokens by ``mask_token``: ``x * (1 - w) + token * w``.
-
-    Args:
-        tokens: (B, Ht, Wt, C) channels-last tokens.
-        mask: (B, Ht, Wt), bool (True = masked) or float weights ``w`` in [0, 1].
-        mask_token: (C,) or broadcastable to (1, 1, 1, C); receives the gradient of the masked
-            positions.
-    """
-    token = mask_token.reshape(1, 1, 1, -1).to(tokens.dtype)
-    if mask.dtype == torch.bool:  # one pass, exact; same value and gradients as the blend
-        return torch.where(mask.unsqueeze(-1), token, tokens)
-    w = mask.unsqueeze(-1).to(tokens.dtype)
-    return tokens * (1.0 - w) + token * w

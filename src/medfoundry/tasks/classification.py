@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
-from medfoundry.evaluate.classification_metrics import accuracy, roc_auc
+from medfoundry.metrics.classification import accuracy, roc_auc
 from medfoundry.nets import create_backbone
 from medfoundry.runtime import seed_everything
 from medfoundry.train.batchnorm_check import check_batchnorm_batch
 from medfoundry.train.classify_module import ClassificationModule
-from medfoundry.train.engine import BestWeights, make_trainer
+from medfoundry.train.fit import fit_best, step_batches
 from medfoundry.zoo import CheckpointLike, load_backbone
 
 
@@ -49,32 +49,22 @@ def train_classifier(
     module = ClassificationModule(backbone, num_classes, cfg, steps, linear_probe=linear_probe)
     if not linear_probe:  # a frozen backbone keeps its BatchNorm in eval mode
         check_batchnorm_batch(backbone, torch.zeros_like(train_x[:1]), batch, "image_size")
-    sampler = RandomSampler(
-        range(len(train_x)),
-        replacement=True,
-        num_samples=steps * batch,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    train_loader = DataLoader(
-        TensorDataset(train_x, train_y), batch_size=batch, sampler=sampler, drop_last=True
-    )
+    train_loader = step_batches(TensorDataset(train_x, train_y), steps, batch, seed)
     val_loader = DataLoader(TensorDataset(val_x, val_y), batch_size=max(batch, 32))
-    keep = BestWeights("val/score", mode="max")
-    trainer = make_trainer(
-        None,
-        max_steps=steps,
-        max_epochs=1,
+    fitted = fit_best(
+        module,
+        train_loader,
+        val_loader,
+        steps=steps,
+        monitor="val/score",
+        val_every=int(cfg.get("val_every", max(1, steps // 10))),
         precision=str(cfg.get("precision", "32-true")),
         accelerator=str(cfg.get("accelerator", "auto")),
         devices=1,
         progress=progress,
-        check_val_every_n_epoch=None,
-        val_check_interval=int(cfg.get("val_every", max(1, steps // 10))),
-        save_checkpoints=False,
-        callbacks=[keep],
+        max_epochs=1,
     )
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
-    keep.restore(module)
+    keep = fitted.best
     info = {"load": load_summary, "best_val_score": keep.best_score, "best_step": keep.best_step}
     return module, info
 

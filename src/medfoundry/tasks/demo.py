@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 
 from medfoundry.config import load_config, merge
 from medfoundry.data.manifest import ClassificationItem, scan_class_folders
-from medfoundry.data.pretrain import load_images
-from medfoundry.evaluate.summary import mean_sd
+from medfoundry.data.unlabeled2d import load_images
+from medfoundry.metrics.summary import mean_sd
 from medfoundry.runtime import (
     atomic_save,
     atomic_write_json,

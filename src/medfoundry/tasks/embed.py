@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medfoundry.data.pretrain import collect_images
+from medfoundry.data.unlabeled2d import collect_images
 from medfoundry.embed.crops import centred_boxes, dense_centres, grid_boxes
 from medfoundry.embed.encoder import EveModel, embed_boxes, load_eve_model, load_images
 from medfoundry.embed.maps import plot_embedding_map, plot_similarity

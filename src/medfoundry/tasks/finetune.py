@@ -10,7 +10,7 @@ import torch
 
 from medfoundry.data.manifest import ClassificationItem, scan_class_folders
 from medfoundry.data.normalize import XRAY_NORMALIZATION
-from medfoundry.data.pretrain import load_images
+from medfoundry.data.unlabeled2d import load_images
 from medfoundry.errors import InputError
 from medfoundry.runtime import atomic_write_json, clear_outputs, record_run
 from medfoundry.tasks.classification import evaluate_classifier, train_classifier
@@ -213,13 +213,14 @@ def finetune_segmentation(
         )
     from medfoundry.data.manifest import scan_segmentation_folder
     from medfoundry.data.segmentation import load_segmentation_set, structure_groups
-    from medfoundry.evaluate.summary import mean_sd
+    from medfoundry.metrics.summary import mean_sd
     from medfoundry.tasks.segmentation import evaluate, segmentation_recipe, train_segmenter
 
     seed = int(cfg.get("seed", 0))
     finished = check_finetune_out(out_dir, pretrained, overwrite)
     items = scan_segmentation_folder(data)
-    groups = structure_groups(cfg.get("structures") or sorted(items[0].masks))
+    # names without a mask folder of their own: their left_ / right_ masks (structure_groups)
+    groups = structure_groups(cfg.get("structures") or None, available=items[0].masks)
     mask_names = list({m for ms in groups.values() for m in ms})
     # the test folder must hold every training structure's masks (named when one is missing)
     test_items = None if test_data is None else scan_segmentation_folder(test_data, mask_names)

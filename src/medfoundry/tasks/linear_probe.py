@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medfoundry.evaluate.classification_metrics import accuracy, roc_auc
+from medfoundry.metrics.classification import accuracy, roc_auc
 from medfoundry.train.schedules import cosine_lambda
 
 

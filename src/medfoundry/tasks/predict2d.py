@@ -2,32 +2,11 @@
 class probabilities in one CSV.
 
 ``medfoundry predict`` (and ``medfoundry.predict``) sends a 2D model (``load_model(...).kind``
-``"segmentation2d"`` or ``"classification"``) here. Rules:
+``"segmentation2d"`` or ``"classification"``) to ``predict2d``; ``segment_image`` /
+``classify_image`` handle one file, ``write_segmentation`` writes its masks.
 
-- **Inputs**: image files (PNG, JPEG, BMP, TIFF, single-frame DICOM: any suffix the reader
-  registry supports, or none for DICOM files with a ``DICM`` header) and folders of them (not
-  recursive; a folder of DICOM radiographs is one input per file). Output names are the file
-  names without their suffix; two inputs with one name are refused up front.
-- **Preprocessing**: exactly as fine-tuning: channels adapted (RGB -> gray by mean, gray ->
-  repeated), resized bilinearly (antialiased) to the model's ``input_size``, then the
-  checkpoint's ``normalization``. A 3D volume, a multi-frame DICOM or an image whose channels
-  cannot become the model's is an ``InputError`` naming the file.
-- **Segmentation**: one sigmoid per structure (as training: Dice + BCE per channel); the
-  probabilities are resized back bilinearly to the input's original (H, W) and thresholded at
-  0.5 (``> 0.5``, as validation). Per input, in ``<out>/``: ``<stem>_<structure>.png`` (0/255
-  uint8) per structure, with ``overlay`` ``<stem>_overlay.png`` (the image with the masks
-  blended in distinct colours, later structures on top), and last ``<stem>_labels.png``: the
-  label map, 0 = background and k = the k-th structure (1-based, in the checkpoint's order);
-  where structures overlap the later one wins. An input whose files all exist is skipped.
-- **Classification**: one softmax over the classes (as training); ``<out>/predictions.csv``
-  with columns ``input, predicted, p_<class>...`` (``input``: the path as given or as found in
-  a given folder), written atomically once at the end (also when a bad input stops the run, with
-  the rows done so far). Without ``overwrite`` inputs already in an existing CSV are skipped and
-  the new rows are merged into it; with ``overwrite`` they are predicted again and their rows
-  replaced. An existing CSV with other columns is refused unless ``overwrite`` (then replaced).
-- **Errors**: every file is written atomically; a bad input stops the run with an
-  ``InputError`` naming it, unless ``continue_on_error``: then the rest is done and the failures
-  are returned in the summary.
+Rules (inputs, preprocessing, segmentation and classification outputs, errors):
+docs/rules/predict2d.md.
 """
 
 from __future__ import annotations
@@ -281,7 +260,7 @@ def _segment_all(
     continue_on_error: bool,
     progress: bool,
 ) -> None:
-    """Segment ``images`` into ``out_dir`` (rules: module doc)."""
+    """Segment ``images`` into ``out_dir`` (rules: docs/rules/predict2d.md)."""
     for path in tqdm(images, desc="predict", disable=not progress, unit="image"):
         stem = _stem(path)
         targets = _targets(out_dir, stem, model.names, overlay)
@@ -335,7 +314,7 @@ def _classify_all(
     continue_on_error: bool,
     progress: bool,
 ) -> None:
-    """Classify ``images`` into ``<out_dir>/predictions.csv`` (rules: module doc)."""
+    """Classify ``images`` into ``<out_dir>/predictions.csv`` (rules: docs/rules/predict2d.md)."""
     table = out_dir / PREDICTIONS_CSV
     header = ["input", "predicted", *[f"p_{c}" for c in model.names]]
     rows = _read_table(table, header, overwrite)
@@ -374,7 +353,8 @@ def predict2d(
     device: str | torch.device | None = None,
 ) -> PredictSummary:
     """Segment or classify every image of ``inputs`` with a fine-tuned 2D model (run folder or
-    loaded) into ``out`` (rules: module doc); ``overlay`` applies to segmentation only."""
+    loaded) into ``out`` (rules: docs/rules/predict2d.md); ``overlay`` applies to segmentation
+    only."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if not isinstance(model, LoadedModel):

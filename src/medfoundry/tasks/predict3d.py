@@ -9,7 +9,7 @@
   ``CheckpointError`` naming the folder. A checkpoint that is not a 3D segmentation model (a
   pretrained backbone, a 2D or classification model) is a ``CheckpointError`` too.
 - **Preprocessing**: the checkpoint's store settings (``normalization`` = the store's
-  ``preprocessing``) applied by ``medfoundry.data.preprocess3d`` exactly as
+  ``preprocessing``) applied by ``medfoundry.data.store.preprocess`` exactly as
   ``medfoundry prepare`` did for training (foreground box from tissue only: there is no label).
 - **Inference**: the Gaussian sliding window of ``medfoundry.train.inference3d`` with the
   checkpoint's roi (``input_size``) and ``sliding_window`` settings.
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from medfoundry.data.preprocess3d import (
+from medfoundry.data.store.preprocess import (
     RESAMPLE_MODES,
     GridInverse,
     VolumeSettings,

@@ -1,8 +1,10 @@
 """`medfoundry pretrain`: self-supervised pretraining on a folder of 2D images, stage by stage.
 
-MoCo-v2 and VIS-MAE (`mae`) train one stage; Adam trains coarse-to-fine (levels 0 -> 2 -> 4), each stage warm-started from the previous
+The driver names no method: it asks the method's spec (`methods.method_spec`, `MethodSpec`)
+for its data, stages, input size, options and exports. MoCo-v2 and VIS-MAE (`mae`) train one
+stage; Adam trains coarse-to-fine (levels 0 -> 2 -> 4), each stage warm-started from the previous
 stage's best-by-validation weights with a fresh queue (the reference code carried the last
-epoch and its stale queue over). A method that declares its own stages (`methods.STAGE_PLANS`:
+epoch and its stale queue over). A method that declares its own stages (`MethodSpec.stage_plan`:
 Adam-v2's L then LCD, each over granularities) gets them from its plan. Every stage writes Lightning checkpoints (resume) and, when it
 finishes, an exported backbone (`checkpoint/model.safetensors` + `medfoundry.json`).
 """
@@ -27,12 +29,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from medfoundry.data.normalize import XRAY_NORMALIZATION
-from medfoundry.data.pretrain import TensorImageDataset, collect_images, load_images
-from medfoundry.data.store3d_dataset import StoreCropDataset
-from medfoundry.data.store3d_reader import Store, open_store
+from medfoundry.data.store.dataset import StoreCropDataset
+from medfoundry.data.store.images2d import Store2D, Store2DDataset, is_store2d, open_store2d
+from medfoundry.data.store.reader import Store, open_store
+from medfoundry.data.unlabeled2d import TensorImageDataset, collect_images, load_images
 from medfoundry.errors import Interrupted, MedfoundryError
-from medfoundry.evaluate.curves import plot_pretrain_curves, plot_reconstructions
-from medfoundry.methods import STAGE_PLANS, Stage, build_method
+from medfoundry.methods import Stage, build_method, method_spec
 from medfoundry.nets import create_backbone
 from medfoundry.runtime import (
     atomic_write_json,
@@ -42,6 +44,7 @@ from medfoundry.runtime import (
     seed_everything,
     stop_signals,
 )
+from medfoundry.train.curves import plot_pretrain_curves, plot_reconstructions
 from medfoundry.train.engine import make_trainer, read_checkpoint, resume_path, stop_at_batch_end
 from medfoundry.train.guards import PruningCollapseGuard, RepresentationCollapseGuard
 from medfoundry.train.pretrain_module import PretrainModule
@@ -51,32 +54,30 @@ from medfoundry.zoo import BackboneSpec, CheckpointMeta, save_checkpoint
 from medfoundry.zoo.meta import AXIS_ORDER_2D, AXIS_ORDER_3D
 
 FINAL_DIR = "checkpoint"
-VOLUME_METHODS = ("volume_fusion", "voco")  # 3D crops from a `medfoundry prepare` store
-SINGLE_STAGE = ("moco", "mae", *VOLUME_METHODS)  # methods without anatomy levels
 
 
 def _stage_epochs(cfg: dict[str, Any], n_stages: int) -> list[int]:
     epochs = cfg.get("epochs", 1)
     if isinstance(epochs, int):
         return [epochs] * n_stages
-    if cfg["method"] in SINGLE_STAGE:  # an Adam preset's per-level list: same total compute
-        return [sum(int(e) for e in epochs)]
+    if method_spec(cfg["method"]).stages == "single":  # an Adam preset's per-level list:
+        return [sum(int(e) for e in epochs)]  # the same total compute in one stage
     if len(epochs) != n_stages:
         raise MedfoundryError(f"config: epochs has {len(epochs)} entries for {n_stages} levels")
     return [int(e) for e in epochs]
 
 
 def stage_levels(cfg: dict[str, Any]) -> list[int]:
-    """The decomposition levels to train in sequence (MoCo-v2 and MAE: one stage, level 0)."""
-    if cfg["method"] in SINGLE_STAGE:
+    """The decomposition levels to train in sequence (a single-stage method: level 0)."""
+    if method_spec(cfg["method"]).stages == "single":
         return [0]
     return [int(level) for level in cfg.get("levels", [0, 2, 4])]
 
 
 def training_stages(cfg: dict[str, Any]) -> list[Stage]:
-    """The stages to train in sequence: the method's own plan (``methods.STAGE_PLANS``), else
+    """The stages to train in sequence: the method's own plan (``MethodSpec.stage_plan``), else
     one stage per decomposition level (``stage_levels``), named ``level{n}``."""
-    plan = STAGE_PLANS.get(cfg["method"])
+    plan = method_spec(cfg["method"]).stage_plan
     if plan is not None:
         try:
             return plan(cfg)
@@ -118,24 +119,26 @@ def _selected_ckpt(stage_dir: Path) -> Path:
     raise MedfoundryError(f"{stage_dir}: no checkpoint to continue from")
 
 
-def _guards(cfg: dict[str, Any], level: int, stage_dir: Path, stage_steps: int) -> list[Callback]:
+def _guards(cfg: dict[str, Any], level: int, stage_dir: Path) -> list[Callback]:
     """The stage's collapse guards: the pruner guard on pruned stages, the representation
     guard on contrastive ones (`guard.collapse_patience` / `guard.representation_patience`:
-    0 turns each off)."""
+    0 turns each off; `guard.representation_warmup` unset: a quarter of the stage's steps on
+    each rank, at least 100)."""
     guard = cfg.get("guard", {})
+    spec = method_spec(cfg["method"])
     out: list[Callback] = []
-    if cfg["method"] in CONTRASTIVE:
+    if spec.logs_retrieval:
         warmup = guard.get("representation_warmup")
         out.append(
             RepresentationCollapseGuard(
-                warmup_steps=int(warmup) if warmup is not None else max(100, stage_steps // 4),
+                warmup_steps=int(warmup) if warmup is not None else None,
                 patience=int(guard.get("representation_patience", 100)),
                 chance_factor=float(guard.get("retrieval_chance_factor", 2.0)),
                 max_mean_length=float(guard.get("max_mean_length", 0.95)),
                 where=str(stage_dir),
             )
         )
-    if level == 0 or cfg.get("moco", {}).get("prune_threshold") is None:
+    if level == 0 or spec.options(cfg).get("prune_threshold") is None:
         return out
     out.append(
         PruningCollapseGuard(
@@ -145,9 +148,6 @@ def _guards(cfg: dict[str, Any], level: int, stage_dir: Path, stage_steps: int) 
         )
     )
     return out
-
-
-CONTRASTIVE = ("adam", "moco", "adam_v2")  # methods that log within-batch retrieval
 
 
 def selection_rule(cfg: dict[str, Any], has_val: bool, has_probe: bool) -> tuple[str | None, str]:
@@ -167,7 +167,7 @@ def selection_rule(cfg: dict[str, Any], has_val: bool, has_probe: bool) -> tuple
         return "probe/knn_auc", "max"
     if not has_val:
         return None, "min"
-    if cfg["method"] in CONTRASTIVE:
+    if method_spec(cfg["method"]).logs_retrieval:
         return "val/retrieval", "max"
     return "val/loss", "min"
 
@@ -177,7 +177,7 @@ def _probe_set(cfg: dict[str, Any], progress: bool) -> ProbeSet | None:
     pcfg = cfg.get("probe") or {}
     if not pcfg.get("data"):
         return None
-    if cfg["method"] in VOLUME_METHODS:
+    if method_spec(cfg["method"]).volumetric:
         raise MedfoundryError(
             f"probe.data: the online probe reads 2D class folders; {cfg['method']} pretrains "
             "on 3D crops (measure a 3D run downstream instead)"
@@ -194,35 +194,22 @@ def _probe_set(cfg: dict[str, Any], progress: bool) -> ProbeSet | None:
 
 
 def input_size(cfg: dict[str, Any]) -> int | list[int]:
-    """Size of the inputs the backbone sees: MoCo/Adam views, MAE's whole loaded image, a 3D
-    crop (Volume Fusion) or one VoCo base crop ([d, h/n, w/n], or VoCo's `crop_size`)."""
-    if cfg["method"] == "mae":
-        return int(cfg["data"]["load_size"])
-    if cfg["method"] in VOLUME_METHODS:
-        size = cfg["data"]["crop_size"]
-        d, h, w = [int(size)] * 3 if isinstance(size, int) else [int(v) for v in size]
-        if cfg["method"] == "volume_fusion":
-            return [d, h, w]
-        voco = cfg.get("voco", {})
-        if voco.get("crop_size"):
-            c = voco["crop_size"]
-            return [int(c)] * 3 if isinstance(c, int) else [int(v) for v in c]
-        n = int(voco.get("num_base", 3))
-        return [int(voco.get("crop_depth") or d), h // n, w // n]
-    return int(cfg["views"]["out_size"])
+    """Size of the inputs the backbone sees (``MethodSpec.input_size``): MoCo/Adam views, MAE's
+    whole loaded image, a 3D crop (Volume Fusion) or one VoCo base crop ([d, h/n, w/n])."""
+    return method_spec(cfg["method"]).input_size(cfg)
 
 
 def _build(cfg: dict[str, Any], level: int) -> torch.nn.Module:
-    """The SSL method around a fresh backbone, with the method's own config section."""
+    """The SSL method around a fresh backbone, with the method's own config section
+    (``MethodSpec.section``: Adam's is the MoCo section it shares)."""
+    spec = method_spec(cfg["method"])
     backbone = create_backbone(**cfg["backbone"])
-    if cfg["method"] in ("mae", *VOLUME_METHODS):
-        return build_method(cfg["method"], backbone, **cfg.get(cfg["method"], {}))
-    # the method's own section (adam_v2:), else the MoCo section that Adam shares
-    section = cfg[cfg["method"]] if cfg["method"] in cfg else cfg.get("moco", {})
-    kwargs = {"level": level, "out_size": input_size(cfg), **(section or {})}
+    if not spec.takes_views:
+        return build_method(spec.name, backbone, **spec.options(cfg))
+    kwargs = {"level": level, "out_size": input_size(cfg), **spec.options(cfg)}
     if cfg["views"].get("augment"):  # view augmentation (the method's fields) over the paper's
         kwargs["augment"] = dict(cfg["views"]["augment"])
-    return build_method(cfg["method"], backbone, **kwargs)
+    return build_method(spec.name, backbone, **kwargs)
 
 
 def _image_data(
@@ -243,6 +230,37 @@ def _image_data(
     train_idx, val_idx = _split(len(paths), float(cfg["data"].get("val_fraction", 0.05)), seed)
     val = TensorImageDataset(images[val_idx]) if len(val_idx) else None
     return TensorImageDataset(images[train_idx]), val, len(paths)
+
+
+def _store_image_data(
+    cfg: dict[str, Any], store: Store2D, seed: int, normalization: dict[str, Any]
+) -> tuple[Dataset, Dataset | None, int]:
+    """2D images read from a ``prepare-2d --store`` store when a batch needs them (nothing is
+    decoded up front): the split and the tensors of ``_image_data`` on the corpus folder the
+    store was built from (its order is that folder's), so a run gives the same weights."""
+    store.warn_constant()
+    train_idx, val_idx = _split(len(store), float(cfg["data"].get("val_fraction", 0.05)), seed)
+
+    def images(indices: torch.Tensor) -> Store2DDataset:
+        size, channels = int(cfg["data"]["load_size"]), int(cfg["backbone"]["in_channels"])
+        return Store2DDataset(store, size, channels, normalization, indices.tolist())
+
+    val = images(val_idx) if len(val_idx) else None
+    return images(train_idx), val, len(store)
+
+
+def _store2d_path(data: Sequence[str | Path]) -> Path | None:
+    """The 2D store among `--data` (a folder holding ``store2d.json``), or None for image
+    folders and files; a store is read alone."""
+    stores = [Path(d) for d in data if is_store2d(d)]
+    if not stores:
+        return None
+    if len(data) != 1:
+        raise MedfoundryError(
+            f"{stores[0]}: a 2D store is read alone, got {len(data)} --data entries; build one "
+            "corpus of all the sources (prepare-2d takes several --source)"
+        )
+    return stores[0]
 
 
 def _volume_data(
@@ -365,7 +383,7 @@ def data_fingerprint(data: Sequence[str | Path], files: Sequence[Path]) -> dict[
 
 
 def _store_files(root: str | Path) -> list[Path]:
-    """Every file of a 3D store (not the temporary files of a write in progress)."""
+    """Every file of a 3D or 2D store (not the temporary files of a write in progress)."""
     return sorted(p for p in Path(root).rglob("*") if p.is_file() and not is_temp_file(p))
 
 
@@ -452,29 +470,20 @@ def checkpoint_metadata(
     sources: Sequence[str],
     decoder_cfg: dict[str, Any] | None = None,
 ) -> CheckpointMeta:
-    """What a downstream user needs to rebuild and feed the backbone (and MAE's decoder)."""
-    method = cfg["method"]
-    extra: dict[str, Any] = {}
-    decoder = None
-    if method == "mae":
-        extra = {
-            "patch_size": int(backbone_cfg.get("patch_size", 4)),
-            "mae": dict(cfg.get("mae", {})),
-        }
-        decoder = decoder_cfg
-    volume = method in VOLUME_METHODS
-    if volume:
-        decoder = decoder_cfg or None
-        extra = {method: dict(cfg.get(method, {}))}
+    """What a downstream user needs to rebuild and feed the backbone (and its decoder, for a
+    method that pretrains one), with the spec's ``checkpoint_extra`` fields."""
+    spec = method_spec(cfg["method"])
+    extra = spec.checkpoint_extra(cfg, backbone_cfg) if spec.checkpoint_extra else {}
+    volume = spec.volumetric
     size = input_size(cfg)
     return CheckpointMeta(
-        method=method,
+        method=spec.name,
         backbone=BackboneSpec.from_config(backbone_cfg),
         in_channels=int(backbone_cfg["in_channels"]),
         spatial_dims=3 if volume else 2,
         axis_order=AXIS_ORDER_3D if volume else AXIS_ORDER_2D,
         input_size=size if isinstance(size, int) else tuple(int(s) for s in size),
-        decoder=decoder,
+        decoder=decoder_cfg or None,
         normalization=dict(cfg.get("normalization", XRAY_NORMALIZATION)),
         levels_trained=tuple(int(v) for v in levels),
         training_data={
@@ -576,14 +585,14 @@ def check_trainable(
 
 
 def _save_progress(
-    out_dir: Path, timings_path: Path, timings: dict[str, float], failing: bool
+    out_dir: Path, timings_path: Path, timings: dict[str, float], failing: bool, method: str
 ) -> None:
     """Write `timings.json` and `curves.png` of the stages so far. While another error ends
     the stage (``failing``), a failure here (the same full disk) is dropped, so the error
     reported is the first one."""
     try:
         atomic_write_json(timings_path, timings)
-        plot_pretrain_curves(out_dir)
+        plot_pretrain_curves(out_dir, method=method)
     except Exception:
         if not failing:
             raise
@@ -597,8 +606,9 @@ def _pretrain(
     progress: bool,
 ) -> Path:
     """`pretrain` inside its signal handling."""
-    if cfg["method"] == "moco":  # MoCo-v2 never prunes, whichever preset it borrows
-        cfg.setdefault("moco", {})["prune_threshold"] = None
+    spec = method_spec(cfg["method"])
+    for key, value in spec.forced_options:  # MoCo-v2 never prunes, whichever preset it borrows
+        cfg.setdefault(spec.section, {})[key] = value
     stages = training_stages(cfg)
     check_out_dir(out_dir, data)
     if not resume and out_dir.exists() and any(out_dir.glob("stage*/checkpoints/*.ckpt")):
@@ -613,7 +623,7 @@ def _pretrain(
     # checked, so a run refused on its input leaves nothing in --out
     stored = out_dir / "config.json"
     check_stored = resume and stored.is_file()
-    if cfg["method"] in VOLUME_METHODS:
+    if spec.volumetric:
         train_set, val_set, n_items, preprocessing = _volume_data(cfg, data, seed)
         cfg["normalization"] = {"name": "store", **preprocessing}  # what the store applied
         fingerprint = data_fingerprint(data, _store_files(data[0]))
@@ -622,16 +632,25 @@ def _pretrain(
             check_resume(stored, record)
     else:
         normalization = cfg.setdefault("normalization", dict(XRAY_NORMALIZATION))
-        paths = collect_images(data)
-        fingerprint = data_fingerprint(data, paths)
-        record = copy.deepcopy(_run_record(cfg, data, len(paths), fingerprint))
+        store_dir = _store2d_path(data)
+        if store_dir is not None:  # a 2D store: images read on demand from its memory maps
+            store2d = open_store2d(store_dir)
+            files, n_listed = _store_files(store_dir), len(store2d)
+        else:  # image folders and files: decoded into memory below
+            paths = collect_images(data)
+            files, n_listed = paths, len(paths)
+        fingerprint = data_fingerprint(data, files)
+        record = copy.deepcopy(_run_record(cfg, data, n_listed, fingerprint))
         if check_stored:  # before the images are decoded: a refusal is quick
             check_resume(stored, record)
-        train_set, val_set, n_items = _image_data(cfg, paths, seed, normalization, progress)
+        if store_dir is not None:
+            train_set, val_set, n_items = _store_image_data(cfg, store2d, seed, normalization)
+        else:
+            train_set, val_set, n_items = _image_data(cfg, paths, seed, normalization, progress)
     probe = _probe_set(cfg, progress)
 
     batch_size = min(int(cfg["optim"]["batch_size"]), len(train_set))
-    unit = "3D case(s)" if cfg["method"] in VOLUME_METHODS else "image(s)"
+    unit = "3D case(s)" if spec.volumetric else "image(s)"
     check_trainable(train_set, batch_size, data, n_items, unit)
     workers = int(cfg["data"].get("num_workers", 0))
     # the order of each epoch from (seed, epoch), and a loader seed of its own (ResumeState),
@@ -643,7 +662,7 @@ def _pretrain(
         drop_last=True,
         num_workers=workers,
     )
-    min_batch = 2 if cfg["method"] == "volume_fusion" else 1  # fusion pairs crops of a batch
+    min_batch = spec.min_batch  # Volume Fusion pairs the crops of a batch
     val_loader = (
         DataLoader(
             val_set,
@@ -710,7 +729,7 @@ def _pretrain(
                 mode=mode,
                 callbacks=[
                     *([OnlineProbe(probe)] if probe is not None else []),
-                    *_guards(cfg, max(stage.levels), stage_dir, n_epochs * steps_per_epoch),
+                    *_guards(cfg, max(stage.levels), stage_dir),
                     NewCropsEachEpoch(),
                     ResumeState(train_loader, seed),
                     *per_epoch,
@@ -719,6 +738,11 @@ def _pretrain(
                 checkpoint_every_n_steps=int(tcfg.get("checkpoint_every_n_steps", 0)),
                 keep_log_before=ckpt_step,
             )
+            # under DDP a rank takes ceil(n / world) items an epoch (Lightning's distributed
+            # sampler): log at least once an epoch on multi-device / multi-node runs too
+            world = max(1, int(trainer.world_size))
+            rank_steps = (len(train_set) + world - 1) // world // batch_size
+            trainer.log_every_n_steps = max(1, min(10, rank_steps))
             start = time.time()
             try:
                 with stop_at_batch_end(trainer, out_dir):
@@ -732,11 +756,11 @@ def _pretrain(
             except BaseException:  # curves of every stage so far, also when a stage stops
                 timings[stage_dir.name] = timings.get(stage_dir.name, 0.0) + time.time() - start
                 if trainer.is_global_zero:
-                    _save_progress(out_dir, timings_path, timings, failing=True)
+                    _save_progress(out_dir, timings_path, timings, failing=True, method=spec.name)
                 raise
             timings[stage_dir.name] = timings.get(stage_dir.name, 0.0) + time.time() - start
             if trainer.is_global_zero:
-                _save_progress(out_dir, timings_path, timings, failing=False)
+                _save_progress(out_dir, timings_path, timings, failing=False, method=spec.name)
             selected = _selected_ckpt(stage_dir)
             state = _load_module_weights(module, selected)
             if trainer.is_global_zero:

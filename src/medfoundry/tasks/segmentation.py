@@ -14,22 +14,21 @@ only when the network is a Swin-UNet (`segmentation_recipe`); ResNet runs ignore
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from medfoundry.config import merge
 from medfoundry.errors import MedfoundryError
-from medfoundry.evaluate.metrics import dice_score
+from medfoundry.metrics.segmentation import dice_score
 from medfoundry.nets.segmenters2d import create_segmenter2d, is_swin_config
 from medfoundry.runtime import seed_everything
 from medfoundry.train.batchnorm_check import check_batchnorm_batch
-from medfoundry.train.engine import BestWeights, make_trainer
+from medfoundry.train.fit import fit_best, fitted_info, step_batches
 from medfoundry.train.segment_module import SegmentationModule
 from medfoundry.zoo import (
     CheckpointLike,
@@ -154,46 +153,29 @@ def train_segmenter(
 
     bs = int(c["batch_size"])
     check_batchnorm_batch(model, torch.zeros_like(train_x[:1]), bs, "image_size")
-    sampler = RandomSampler(
-        range(train_x.shape[0]),
-        replacement=True,
-        num_samples=steps * bs,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    train_loader = DataLoader(
-        TensorDataset(train_x, train_y), batch_size=bs, sampler=sampler, drop_last=True
-    )
+    train_loader = step_batches(TensorDataset(train_x, train_y), steps, bs, seed)
     has_val = val_x is not None and val_y is not None and len(val_x) > 0
     val_loader = None
-    best = BestWeights("val/dice_mean", mode="max")
-    val_every = max(1, min(int(c["val_every"]), steps))
     if has_val:
         val_loader = DataLoader(
             TensorDataset(val_x, val_y), batch_size=int(c["eval_batch_size"]), shuffle=False
         )
-    trainer = make_trainer(
-        out_dir,
-        max_steps=steps,
+    fitted = fit_best(
+        module,
+        train_loader,
+        val_loader,
+        steps=steps,
+        monitor="val/dice_mean",
+        val_every=max(1, min(int(c["val_every"]), steps)),
         precision=str(c["precision"]),
         accelerator=str(c["accelerator"]),
         devices=c["devices"],
         progress=progress,
-        check_val_every_n_epoch=None if has_val else 1,
-        val_check_interval=val_every if has_val else None,
-        save_checkpoints=False,
-        callbacks=[best] if has_val else [],
-        log_every_n_steps=min(10, steps),
-        gradient_clip_val=None if c["grad_clip"] is None else float(c["grad_clip"]),
+        out_dir=out_dir,
+        log_every=min(10, steps),
+        grad_clip=None if c["grad_clip"] is None else float(c["grad_clip"]),
     )
-    start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
-    info["train_seconds"] = round(time.perf_counter() - start, 2)
-    info["steps"] = int(trainer.global_step)
-    if has_val and best.best_state is not None:
-        best.restore(module)
-        info["best_val_dice"] = best.best_score
-        info["best_step"] = best.best_step
-        info["val_history"] = [[s, round(v, 5)] for s, v in best.history]
+    info.update(fitted_info(fitted))
     model = module.model.cpu().eval()
     return model, info
 
@@ -229,7 +211,7 @@ def evaluate(
 ) -> torch.Tensor:
     """Dice per image and structure (N, K), float64, at probability `threshold`.
 
-    Both-empty image/structure pairs score 1.0 (see `medfoundry.evaluate.metrics`).
+    Both-empty image/structure pairs score 1.0 (see `medfoundry.metrics.segmentation`).
     """
     out = []
     for i in range(0, x.shape[0], batch_size):

@@ -9,29 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medfoundry.evaluate.classification_metrics import accuracy, roc_auc
+from medfoundry.data.augment import intensity_shift_augment
+from medfoundry.metrics.classification import accuracy, roc_auc
 from medfoundry.nets.decay import no_weight_decay
 from medfoundry.train.schedules import cosine_lambda
-
-
-def intensity_shift_augment(
-    x: torch.Tensor, max_shift: float = 0.08, max_scale: float = 0.1, intensity: float = 0.2
-) -> torch.Tensor:
-    """Batched random translation/zoom + brightness/contrast jitter (no flips: lateralised anatomy)."""
-    b = x.shape[0]
-    dev = x.device
-    scale = 1 + (torch.rand(b, device=dev) * 2 - 1) * max_scale
-    shift = (torch.rand(b, 2, device=dev) * 2 - 1) * max_shift * 2
-    theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
-    theta[:, 0, 0] = scale
-    theta[:, 1, 1] = scale
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    contrast = 1 + (torch.rand(b, 1, 1, 1, device=dev) * 2 - 1) * intensity
-    bright = (torch.rand(b, 1, 1, 1, device=dev) * 2 - 1) * intensity
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) * contrast + mean + bright
 
 
 class ClassificationModule(L.LightningModule):

@@ -118,3 +118,20 @@ def zero_last_layer(module: nn.Module) -> int:
         if last.bias is not None:
             last.bias.zero_()
     return 1
+
+
+def init_new_parts(
+    model: nn.Module, fresh: Sequence[str] | None, cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """Apply ``head_init`` to the parts a checkpoint left new (``fresh``; None: no checkpoint,
+    nothing to do); returns what was done, for the run's info."""
+    rule = str(cfg.get("head_init", "default"))
+    if rule not in ("default", "zero"):
+        raise MedfoundryError(f"config head_init: {rule!r}; choose 'default' or 'zero'")
+    hold = int(cfg.get("head_warmup_steps") or 0)
+    if fresh is None:
+        return {}
+    out: dict[str, Any] = {"head_init": rule, "head_warmup_steps": hold}
+    if rule == "zero":
+        out["zeroed_layers"] = sum(zero_last_layer(getattr(model, p)) for p in fresh)
+    return out

@@ -23,9 +23,9 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from medfoundry.data.manifest import scan_class_folders
-from medfoundry.data.pretrain import load_images
+from medfoundry.data.unlabeled2d import load_images
 from medfoundry.errors import InputError
-from medfoundry.evaluate.classification_metrics import roc_auc
+from medfoundry.metrics.classification import roc_auc
 
 
 @dataclass

@@ -4,7 +4,7 @@ Loss: MONAI ``DiceCELoss`` (softmax, one-hot target; Dice over the foreground cl
 Dice per class over the whole batch, so a patch without some class is no failure, plus
 cross-entropy over every class). A model that returns a list in training (PCT-Net with deep
 supervision: [main, aux...], all at the patch size) is trained on
-``nets.pctnet.deep_supervision_loss`` (weights 1 / 2^i, normalised, as MIS-FM / PyMIC);
+``methods.losses.deep_supervision_loss`` (weights 1 / 2^i, normalised, as MIS-FM / PyMIC);
 validation uses the main output only (the model's eval mode returns it alone). AdamW without
 weight decay on norms and biases, linear warm-up then cosine decay over ``max_steps``; an
 optional lower learning rate for a pretrained encoder (``encoder_lr_mult``) and, with
@@ -21,17 +21,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from medfoundry.evaluate.metrics3d import dice_per_class
-from medfoundry.nets.pctnet import deep_supervision_loss
+from medfoundry.data.augment import augment_patches
+from medfoundry.methods.losses import deep_supervision_loss
+from medfoundry.metrics.segmentation3d import dice_per_class
 from medfoundry.train.inference3d import predict_volume
-from medfoundry.train.optim import encoder_aware_adamw
-
-AXES = {"D": 2, "H": 3, "W": 4}  # patch axes of (B, C, D, H, W)
+from medfoundry.train.segment_base import SegmentModule
 
 DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
@@ -46,35 +44,6 @@ DEFAULTS: dict[str, Any] = {
     "augment": {"scale": 0.1, "shift": 0.1, "noise": 0.0, "flip_axes": []},
     "sliding_window": {"overlap": 0.5, "sw_batch_size": 4, "mode": "gaussian"},
 }
-
-
-def augment_patches(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    scale: float = 0.0,
-    shift: float = 0.0,
-    noise: float = 0.0,
-    flip_axes: Sequence[str] = (),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-patch intensity jitter ``x * U(1 - scale, 1 + scale) + U(-shift, shift)`` plus
-    Gaussian noise of sd ``noise``, and random flips (p = 0.5 each) along ``flip_axes``
-    ("D", "H", "W"), applied to images (B, C, D, H, W) and labels (B, 1, D, H, W) alike."""
-    b = images.shape[0]
-    shape = (b,) + (1,) * (images.ndim - 1)
-    if scale:
-        images = images * (1.0 + (torch.rand(shape, device=images.device) * 2 - 1) * scale)
-    if shift:
-        images = images + (torch.rand(shape, device=images.device) * 2 - 1) * shift
-    if noise:
-        images = images + torch.randn_like(images) * noise
-    for name in flip_axes:
-        if name not in AXES:
-            raise ValueError(f"flip axis {name!r}: choose from {sorted(AXES)}")
-        dim = AXES[name]
-        flip = torch.rand(shape, device=images.device) < 0.5  # (B, 1, 1, 1, 1)
-        images = torch.where(flip, images.flip(dim), images)
-        labels = torch.where(flip, labels.flip(dim), labels)
-    return images, labels
 
 
 def stalled_classes(
@@ -95,7 +64,7 @@ def stalled_classes(
     return {n: v for n, v in dice.items() if v < ratio * top}
 
 
-class Segment3DModule(L.LightningModule):
+class Segment3DModule(SegmentModule):
     """Train ``model`` ((B, C, D, H, W) -> logits (B, K, D, H, W)) on patch batches.
 
     ``classes``: label values scored in validation (foreground, e.g. [1, 2]) and their
@@ -116,48 +85,65 @@ class Segment3DModule(L.LightningModule):
         size_multiple: Sequence[int] | None = None,
         new_parts: Sequence[str] | None = None,
     ) -> None:
+        cfg = {**DEFAULTS, **(cfg or {})}
+        self_classes = [int(c) for c in classes]
+        self_roi = [int(r) for r in roi]
+        multiple = None if size_multiple is None else [int(m) for m in size_multiple]
+        aug = cfg.get("augment")
+        super().__init__(
+            model,
+            names,
+            loss=DeepSupervisedDiceCE(float(cfg["dice_weight"]), float(cfg["ce_weight"])),
+            scorer=VolumeDice(self_classes, self_roi, cfg.get("sliding_window") or {}, multiple),
+            augment=(lambda x, y: augment_patches(x, y, **aug)) if aug else None,
+            cfg=cfg,
+            max_steps=max_steps,
+            new_parts=new_parts,
+        )
+        self.classes, self.roi, self.size_multiple = self_classes, self_roi, multiple
+
+
+class DeepSupervisedDiceCE(nn.Module):
+    """MONAI ``DiceCELoss`` (softmax, one-hot target, batch Dice over the foreground classes);
+    a list of outputs (deep supervision) is weighted by ``deep_supervision_loss``."""
+
+    def __init__(self, dice_weight: float, ce_weight: float) -> None:
         super().__init__()
-        self.model = model
-        self.classes = [int(c) for c in classes]
-        self.names = list(names)
-        self.roi = [int(r) for r in roi]
-        self.size_multiple = None if size_multiple is None else [int(m) for m in size_multiple]
-        self.cfg = {**DEFAULTS, **(cfg or {})}
-        self.max_steps = int(max_steps)
-        self.new_parts = None if new_parts is None else list(new_parts)
         self.criterion = DiceCELoss(
             include_background=False,
             to_onehot_y=True,
             softmax=True,
             batch=True,
-            lambda_dice=float(self.cfg["dice_weight"]),
-            lambda_ce=float(self.cfg["ce_weight"]),
+            lambda_dice=dice_weight,
+            lambda_ce=ce_weight,
         )
-        self._val: list[torch.Tensor] = []
-        self.last_val: dict[str, float] = {}
-        self.val_log: list[dict[str, float]] = []  # one row per validation: step and Dice
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        return self.model(x)
+    def forward(self, outputs: torch.Tensor | list[torch.Tensor], labels: torch.Tensor):
+        return deep_supervision_loss(outputs, labels, lambda o, y: self.criterion(o.float(), y))
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        images, labels = batch  # (B, 1, d, h, w) float32 / int64
-        aug = self.cfg.get("augment")
-        if aug:
-            images, labels = augment_patches(images, labels, **aug)
-        outputs = self(images)  # (B, K, d, h, w), or a list of them (deep supervision)
-        loss = deep_supervision_loss(outputs, labels, lambda o, y: self.criterion(o.float(), y))
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        return loss
 
-    def on_validation_epoch_start(self) -> None:
-        self._val = []
+class VolumeDice:
+    """Dice (1, K) of one whole validation volume segmented by sliding windows of ``roi``."""
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+    def __init__(
+        self,
+        classes: Sequence[int],
+        roi: Sequence[int],
+        sliding_window: dict[str, Any],
+        size_multiple: Sequence[int] | None,
+    ) -> None:
+        self.classes, self.roi, self.sw, self.size_multiple = (
+            classes,
+            roi,
+            sliding_window,
+            size_multiple,
+        )
+
+    def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         image, label = batch  # (1, C, D, H, W), (1, 1, D, H, W): one whole volume
-        sw = self.cfg.get("sliding_window") or {}
+        sw = self.sw
         probs = predict_volume(
-            self.model,
+            model,
             image[0],
             self.roi,
             overlap=float(sw.get("overlap", 0.5)),
@@ -167,21 +153,4 @@ class Segment3DModule(L.LightningModule):
             size_multiple=self.size_multiple,
         )
         pred = probs.argmax(0)  # (D, H, W)
-        dice = dice_per_class(pred, label[0, 0].cpu(), self.classes)
-        self._val.append(torch.as_tensor(dice))
-
-    def on_validation_epoch_end(self) -> None:
-        if not self._val:
-            return
-        dice = torch.stack(self._val).mean(0)  # (K,)
-        self.last_val = {"dice_mean": float(dice.mean())}
-        self.log("val/dice_mean", dice.mean().float(), prog_bar=True)
-        for name, value in zip(self.names, dice, strict=True):
-            self.last_val[f"dice_{name}"] = float(value)
-            self.log(f"val/dice_{name}", value.float())
-        row = {k: round(v, 5) for k, v in self.last_val.items()}
-        self.val_log.append({"step": int(self.global_step), **row})
-        self._val = []
-
-    def configure_optimizers(self):
-        return encoder_aware_adamw(self.model, self.cfg, self.max_steps, self.new_parts)
+        return torch.as_tensor(dice_per_class(pred, label[0, 0].cpu(), self.classes))[None]

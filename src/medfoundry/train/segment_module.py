@@ -12,15 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
-from medfoundry.data.segmentation import augment_batch
-from medfoundry.evaluate.metrics import dice_score
-from medfoundry.train.optim import encoder_aware_adamw
+from medfoundry.data.augment import augment_batch
+from medfoundry.metrics.segmentation import dice_score
+from medfoundry.train.segment_base import SegmentModule
 
 DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
@@ -35,12 +34,13 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(SegmentModule):
     """Train `model` (images -> logits (B, K, H, W)) on batches `(images, masks)`.
 
     `cfg` keys (defaults in `DEFAULTS`): lr, weight_decay, warmup_steps, warmup_fraction,
     min_lr_ratio, encoder_lr_mult (applies to `model.encoder` parameters, when the model has
-    one), layer_decay (see `medfoundry.train.optim.encoder_aware_adamw`), bce_weight, augment (kwargs of `augment_batch`, or None/False for no augmentation).
+    one), layer_decay (see `medfoundry.train.optim.encoder_aware_adamw`), bce_weight, augment
+    (kwargs of `augment_batch`, or None/False for no augmentation).
     """
 
     def __init__(
@@ -50,50 +50,35 @@ class SegmentationModule(L.LightningModule):
         cfg: dict[str, Any] | None = None,
         max_steps: int = 1000,
     ) -> None:
+        cfg = {**DEFAULTS, **(cfg or {})}
+        aug = cfg.get("augment")
+        super().__init__(
+            model,
+            structures,
+            loss=DiceBCE(float(cfg["bce_weight"])),
+            scorer=threshold_dice,
+            augment=(lambda x, y: augment_batch(x, y, **aug)) if aug else None,
+            cfg=cfg,
+            max_steps=max_steps,
+        )
+        self.structures = self.names
+
+
+class DiceBCE(nn.Module):
+    """MONAI Dice (sigmoid) + ``bce_weight`` x BCE-with-logits on 0-1 masks."""
+
+    def __init__(self, bce_weight: float) -> None:
         super().__init__()
-        self.model = model
-        self.structures = list(structures)
-        self.cfg = {**DEFAULTS, **(cfg or {})}
-        self.max_steps = int(max_steps)
-        self.dice_loss = DiceLoss(sigmoid=True)
-        self._val_dice: list[torch.Tensor] = []
-        self.last_val: dict[str, float] = {}
+        self.dice = DiceLoss(sigmoid=True)
+        self.bce_weight = bce_weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         target = masks.float()
         bce = F.binary_cross_entropy_with_logits(logits, target)
-        return self.dice_loss(logits, target) + float(self.cfg["bce_weight"]) * bce
+        return self.dice(logits, target) + self.bce_weight * bce
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        images, masks = batch
-        aug = self.cfg.get("augment")
-        if aug:
-            images, masks = augment_batch(images, masks, **aug)
-        loss = self.loss(self(images), masks)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        return loss
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_dice = []
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        images, masks = batch
-        logits = self(images)
-        self._val_dice.append(dice_score(logits > 0, masks))  # sigmoid > 0.5 <=> logit > 0
-
-    def on_validation_epoch_end(self) -> None:
-        if not self._val_dice:
-            return
-        dice = torch.cat(self._val_dice).mean(0)
-        self.last_val = {"dice_mean": float(dice.mean())}
-        self.log("val/dice_mean", dice.mean().float(), prog_bar=True)
-        for name, value in zip(self.structures, dice, strict=True):
-            self.last_val[f"dice_{name}"] = float(value)
-            self.log(f"val/dice_{name}", value.float())
-        self._val_dice = []
-
-    def configure_optimizers(self):
-        return encoder_aware_adamw(self.model, self.cfg, self.max_steps)
+def threshold_dice(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Dice (B, K) of the thresholded sigmoid (sigmoid > 0.5 <=> logit > 0)."""
+    images, masks = batch
+    return dice_score(model(images) > 0, masks)

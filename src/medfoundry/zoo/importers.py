@@ -1,38 +1,12 @@
 """Convert the seed projects' published checkpoints into medfoundry checkpoints.
 
-``import_checkpoint(format, src, out)`` reads a published file safely (``torch.load(...,
-weights_only=True)``, or safetensors; a file that needs full unpickling is refused), unwraps
-its container (``state_dict``, ``model``, ``teacher`` ...) and wrapper prefixes (``module.``,
-``encoder_q.`` ...), renames the tensors onto our network, adapts the input channels of the
-first convolution / patch embedding, loads them *strictly* into a freshly built network of the
-matching architecture (``CheckpointError`` naming the file and the first mismatching tensors
-otherwise) and writes ``out/checkpoint/`` (``model.safetensors``, ``decoder.safetensors`` when
-the file has a decoder, ``medfoundry.json``) plus ``out/import_report.json``. The metadata is
-what our own pretraining run of the same method and architecture writes, so the result works
-as ``medfoundry finetune --pretrained out``.
+``import_checkpoint(format, src, out)`` (CLI: ``medfoundry import``) reads a published file
+safely (never fully unpickled), renames its tensors onto our network, loads them strictly and
+writes ``out/checkpoint/`` plus ``out/import_report.json``, usable as ``medfoundry finetune
+--pretrained out``. ``FORMATS`` holds one ``Importer`` per format (``adam_v1``, ``vis_mae``,
+``voco``, ``misfm``); ``describe_report`` prints a report.
 
-Formats (``FORMATS``; the key names were read from each project's public code):
-
-- ``adam_v1``: Eden Adam-v1, torchvision ResNet-50 (``conv1``, ``bn1``, ``layer1.0.conv1`` ...),
-  either the MoCo training checkpoint (``state_dict`` -> ``module.encoder_q.*``, key encoder
-  and queue dropped) or the exported query encoder; the projector ``fc.*`` is dropped.
-  -> ``ResNetBackbone("resnet50")`` (MONAI's ResNet uses torchvision's names).
-- ``vis_mae``: VIS-MAE ``SwinMAE`` (``{"model": ...}``): ``patch_embed``, ``layers.i``
-  (``downsample`` -> our ``downsamples.i``), decoder ``first_patch_expanding`` /
-  ``layers_up.i.upsample`` -> ``expand.*``, ``norm_up``, ``decoder_pred`` -> ``head``;
-  ``pos_embed`` (fixed, never added) and ``mask_token`` dropped. -> ``SwinBackbone("swin",
-  final_norm=False)`` (the published encoder has no final norm) + ``SwinDecoder``.
-- ``voco``: VoCo (``VoCo_10k.pt``: ``swinViT.*`` + the UNETR blocks ``encoder1..4``,
-  ``encoder10``, MONAI ``use_v2``; or a training checkpoint with ``student.`` / ``teacher.``,
-  the EMA teacher is taken) and the Swin-UNETR SSL ``model_swinvit.pt`` (``state_dict`` ->
-  ``module.patch_embed`` / ``module.layersN`` with ``mlp.fc1`` / ``fc2``). -> ``SwinViT3D``
-  (+ the UNETR blocks as decoder of ``swinunetr``); ``feature_size`` and ``use_v2`` are read
-  from the file's shapes and keys.
-- ``misfm``: MIS-FM ``PCTNet`` (``pctnet_ct10k_volf.pt``): ``embeddings.m`` / ``pred_heads.m``
-  of the chosen ``resolution_mode`` m (the other modes' copies dropped), ``pyramid_ct.*``;
-  the class heads (``out_conv*``) and the unused ``convtrans_*.norm_layer`` dropped; MIS-FM
-  concatenates (skip, upsampled) where we concatenate (upsampled, skip), so the fusion BN and
-  conv input channels are swapped to match. -> ``PCTNetEncoder(down_preact=True)`` + decoder.
+Rules (reading, unwrapping, renaming, what each format maps to): docs/rules/importers.md.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medfoundry.data.preprocess3d import VolumeSettings
+from medfoundry.data.store.preprocess import VolumeSettings
 from medfoundry.errors import CheckpointError, MedfoundryError
 from medfoundry.nets.factory import create_backbone
 from medfoundry.nets.segmenters2d import create_segmenter2d, is_swin_config
