@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
+
+from medfoundry.methods.distributed import rank, world_size
 
 RNG_KEY = "medfoundry_rng"
 DATA_KEY = "medfoundry_data"
@@ -72,12 +74,20 @@ def add_epoch_sums(trainer: L.Trainer, saved: dict[str, dict[str, Tensor]]) -> N
         m._computed = None
 
 
-class EpochShuffle(Sampler[int]):
+class EpochShuffle(DistributedSampler):
     """A shuffling sampler whose order depends on ``(seed, epoch)`` only (Lightning calls
     ``set_epoch``); ``skip`` drops the first samples of the next pass, once (a mid-epoch
-    resume continues the same order)."""
+    resume continues the same order).
 
-    def __init__(self, n: int, seed: int = 0) -> None:
+    Under DDP each rank takes every ``world``-th index of that order, starting at its rank
+    (the order padded by its own first indices to a multiple of ``world``), so the ranks split
+    each epoch without overlap and ``skip`` counts this rank's samples. Rank and world come from
+    the process group at iteration time (one process: the whole order). It subclasses
+    ``DistributedSampler`` only so that Lightning keeps it instead of wrapping it; it needs no
+    process group to be built. Data-loader workers split its indices among themselves.
+    """
+
+    def __init__(self, n: int, seed: int = 0) -> None:  # no DistributedSampler.__init__
         self.n = int(n)
         self.seed = int(seed)
         self.epoch = 0
@@ -88,16 +98,22 @@ class EpochShuffle(Sampler[int]):
         self.epoch = int(epoch)
 
     def order(self) -> list[int]:
-        """This epoch's full order."""
+        """This epoch's order for this rank (the full order in one process)."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=gen).tolist()
+        full = torch.randperm(self.n, generator=gen).tolist()
+        world = world_size()
+        if world == 1:
+            return full
+        while len(full) % world:
+            full += full[: world - len(full) % world]
+        return full[rank() :: world]
 
     def __iter__(self) -> Iterator[int]:
         skip, self.skip = self.skip, 0
         return iter(self.order()[skip:])
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // world_size())
 
 
 def _rng_state() -> dict[str, Any]:
