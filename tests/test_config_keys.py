@@ -274,7 +274,8 @@ def test_augment_and_fusion_fields_are_the_dataclasses_fields():
 def _method_parameters() -> dict[str, set[str]]:
     import inspect
 
-    from medfoundry.methods import MaskedAutoencoder, MoCo, VoCo, VolumeFusion, _build_volume_fusion
+    from medfoundry.methods import MaskedAutoencoder, MoCo, VoCo, VolumeFusion
+    from medfoundry.methods.volume_fusion import build_volume_fusion as _build_volume_fusion
 
     def params(fn) -> set[str]:
         return set(inspect.signature(fn).parameters) - {"self", "backbone", "segmenter", "kwargs"}

@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "medfoundry"
 #: before any submodule anyway). Parts in the same tuple may import each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("medfoundry",),
-    ("errors",),
+    ("errors", "registry"),  # base modules: errors, plug-in discovery
     ("runtime",),
     ("config",),
     ("io",),

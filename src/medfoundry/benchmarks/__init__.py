@@ -7,23 +7,17 @@ finds it, the CLI gives it a ``medfoundry benchmark <command>`` with the shared 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from functools import cache
 
 from medfoundry.benchmarks.spec import BenchmarkSpec
+from medfoundry.registry import discover
 
 
 @cache
 def specs() -> dict[str, BenchmarkSpec]:
     """{name: spec} of every benchmark module in this package, sorted by CLI command."""
-    found: dict[str, BenchmarkSpec] = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        spec = getattr(module, "SPEC", None)
-        if isinstance(spec, BenchmarkSpec):
-            found[spec.name] = spec
-    return dict(sorted(found.items(), key=lambda kv: kv[1].command))
+    found = discover(__name__, __path__, BenchmarkSpec)
+    return {s.name: s for s in sorted(found, key=lambda s: s.command)}
 
 
 def get_spec(name: str) -> BenchmarkSpec:

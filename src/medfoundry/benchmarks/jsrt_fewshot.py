@@ -281,18 +281,11 @@ class JsrtFewshot(BenchmarkSpec):
                 f"(e.g. {shared[:3]}); the test images must be held out"
             )
         arm_cfg = arm_configs(cfg, arms)
-        splits: dict[tuple[int, int], tuple[list[str], list[str]]] = {}
-        records: dict[str, dict[str, Any]] = {}
-        for k in cfg["shots"]:
-            for r in range(cfg["repeats"]):
-                seed = run_seed(cfg, k, r)
-                tr, va = split_ids(pool_ids, k, int(cfg["val_size"]), seed)
-                splits[(k, r)] = (tr, va)
-                records.setdefault(str(k), {})[str(r)] = {
-                    "seed": seed,
-                    "train_ids": tr,
-                    "val_ids": va,
-                }
+        splits = {
+            (k, r): split_ids(pool_ids, k, int(cfg["val_size"]), run_seed(cfg, k, r))
+            for k in cfg["shots"]
+            for r in range(cfg["repeats"])
+        }
         if any(_tune_lrs(arm_cfg, a) for a in arms) and int(cfg["val_size"]) < 1:
             raise MedfoundryError("config: tuning needs validation images (val_size >= 1)")
         header = {
@@ -313,7 +306,6 @@ class JsrtFewshot(BenchmarkSpec):
                 "reports": reports,
                 "arm_cfg": arm_cfg,
                 "splits": splits,
-                "split_records": records,
                 "pool_ids": pool_ids,
                 "test_ids": test_ids,
                 "by_id": {str(it.id): it for it in train_items},
@@ -330,9 +322,10 @@ class JsrtFewshot(BenchmarkSpec):
 
     def init_state(self, state: dict[str, Any], cfg: dict[str, Any], ctx: Context) -> None:
         state.update(ctx.header)
-        splits = state.setdefault("splits", {})
-        for k, reps in ctx.data["split_records"].items():
-            splits.setdefault(k, {}).update(reps)
+        stored = state.setdefault("splits", {})  # keeps the splits of shots no longer run
+        for (k, r), (tr, va) in ctx.data["splits"].items():
+            record = {"seed": run_seed(cfg, k, r), "train_ids": tr, "val_ids": va}
+            stored.setdefault(str(k), {})[str(r)] = record
 
     def arm_record(self, ctx: Context, arm: dict[str, Any]) -> dict[str, Any]:
         info = arm_info(arm, ctx.data["reports"].get(arm["name"]))

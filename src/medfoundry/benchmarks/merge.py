@@ -18,6 +18,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from medfoundry.benchmarks.engine import nested
 from medfoundry.benchmarks.spec import BenchmarkSpec
 from medfoundry.benchmarks.state import PARTIAL, RESULTS, protocol, stored_state, write_partial
 from medfoundry.errors import MedfoundryError
@@ -53,12 +54,6 @@ def _leaves(tree: dict[str, Any], depth: int, path: tuple[str, ...] = ()):
     for key, sub in tree.items():
         if isinstance(sub, dict):
             yield from _leaves(sub, depth - 1, (*path, key))
-
-
-def _nested(d: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
-    for k in keys:
-        d = d.setdefault(k, {})
-    return d
 
 
 def merge_arms(
@@ -100,7 +95,7 @@ def merge_arms(
             runs = src.get("runs", {}).get(arm, {})
             for path, record in _leaves(runs, levels + 2):
                 *cell_path, rep = path
-                old = _nested(dst.setdefault("runs", {}), [arm, *cell_path]).get(rep)
+                old = nested(dst.setdefault("runs", {}), [arm, *cell_path]).get(rep)
                 if old is not None and old != record:
                     where = ", ".join(
                         f"{n} {v}"
@@ -110,11 +105,11 @@ def merge_arms(
                         f"arm {arm!r}, {where}, repeat {rep}: different results in "
                         f"{src_dir} and {into}"
                     )
-                _nested(dst["runs"], [arm, *cell_path])[rep] = record
+                nested(dst["runs"], [arm, *cell_path])[rep] = record
             tuning = src.get("tuning", {}).get(arm, {})
             for group, entry in _leaves(tuning, levels):
                 for lr, scores in (entry.get(spec.score) or {}).items():
-                    target = _nested(dst.setdefault("tuning", {}), [arm, *group, spec.score, lr])
+                    target = nested(dst.setdefault("tuning", {}), [arm, *group, spec.score, lr])
                     target.update(scores)
             if dst_arm is None:
                 dst["arms"][arm] = src_arm

@@ -22,9 +22,6 @@ from medfoundry.methods.spec import MethodSpec, Panel, discover_specs
 from medfoundry.methods.stages import Stage
 from medfoundry.methods.voco import VoCo
 from medfoundry.methods.volume_fusion import RESNET_UNET_DECODER, VolumeFusion
-from medfoundry.methods.volume_fusion import (  # noqa: F401 (tests/test_config_keys.py)
-    build_volume_fusion as _build_volume_fusion,
-)
 
 _REGISTRY: dict[str, MethodSpec] = {}
 

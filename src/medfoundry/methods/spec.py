@@ -10,14 +10,12 @@ method is its method module (with its ``SPEC``), its pretext module and its pres
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, NamedTuple
 
 from medfoundry.methods.stages import Stage
+from medfoundry.registry import discover
 
 DATA_KINDS = ("images", "store3d")  # 2D images (folders, a corpus) or one 3D `prepare` store
 STAGINGS = ("levels", "plan", "single")
@@ -143,15 +141,6 @@ class MethodSpec:
         return cfg.get(self.section) or {}
 
 
-def declared_specs(module: ModuleType) -> list[MethodSpec]:
-    """The specs a module declares: its ``SPEC`` and the entries of its ``SPECS``."""
-    found = [getattr(module, "SPEC", None), *getattr(module, "SPECS", ())]
-    return [spec for spec in found if isinstance(spec, MethodSpec)]
-
-
 def discover_specs(package: str, path: Iterable[str]) -> list[MethodSpec]:
     """The specs declared by the modules of ``package`` (folders ``path``), each imported."""
-    specs: list[MethodSpec] = []
-    for info in pkgutil.iter_modules(list(path), f"{package}."):
-        specs += declared_specs(importlib.import_module(info.name))
-    return specs
+    return discover(package, path, MethodSpec)

@@ -738,8 +738,8 @@ def _pretrain(
                 checkpoint_every_n_steps=int(tcfg.get("checkpoint_every_n_steps", 0)),
                 keep_log_before=ckpt_step,
             )
-            # under DDP a rank takes ceil(n / world) items an epoch (Lightning's distributed
-            # sampler): log at least once an epoch on multi-device / multi-node runs too
+            # under DDP a rank takes ceil(n / world) items an epoch (EpochShuffle's share): log
+            # at least once an epoch on multi-device / multi-node runs too
             world = max(1, int(trainer.world_size))
             rank_steps = (len(train_set) + world - 1) // world // batch_size
             trainer.log_every_n_steps = max(1, min(10, rank_steps))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,16 @@ class Fitted:
     best: BestWeights | None
     seconds: float
     steps: int
-    history: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def restored(self) -> bool:
         """Whether the module holds best-by-validation weights (else: the final ones)."""
         return self.best is not None and self.best.best_state is not None
+
+    @property
+    def history(self) -> list[tuple[int, float]]:
+        """(step, score) of every validation when weights were kept, else empty."""
+        return list(self.best.history) if self.restored else []  # type: ignore[union-attr]
 
 
 def fit_best(
@@ -97,7 +101,6 @@ def fit_best(
     fitted = Fitted(best, seconds, int(trainer.global_step))
     if fitted.restored:
         best.restore(module)  # type: ignore[union-attr]
-        fitted.history = list(best.history)  # type: ignore[union-attr]
     return fitted
 
 

@@ -86,21 +86,21 @@ class Segment3DModule(SegmentModule):
         new_parts: Sequence[str] | None = None,
     ) -> None:
         cfg = {**DEFAULTS, **(cfg or {})}
-        self_classes = [int(c) for c in classes]
-        self_roi = [int(r) for r in roi]
+        values = [int(c) for c in classes]
+        window = [int(r) for r in roi]
         multiple = None if size_multiple is None else [int(m) for m in size_multiple]
         aug = cfg.get("augment")
         super().__init__(
             model,
             names,
             loss=DeepSupervisedDiceCE(float(cfg["dice_weight"]), float(cfg["ce_weight"])),
-            scorer=VolumeDice(self_classes, self_roi, cfg.get("sliding_window") or {}, multiple),
+            scorer=VolumeDice(values, window, cfg.get("sliding_window") or {}, multiple),
             augment=(lambda x, y: augment_patches(x, y, **aug)) if aug else None,
             cfg=cfg,
             max_steps=max_steps,
             new_parts=new_parts,
         )
-        self.classes, self.roi, self.size_multiple = self_classes, self_roi, multiple
+        self.classes, self.roi, self.size_multiple = values, window, multiple
 
 
 class DeepSupervisedDiceCE(nn.Module):
